@@ -1,0 +1,119 @@
+"""Command line: `python -m kdbench run|list|leaderboard ...` (also the `kdbench` console script).
+
+Bad input is one line on stderr and exit code 2; nothing is written before the input is validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import KdbenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse's own convention too)
+        self.exit(2, f"error: {message}\n")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kdbench", description="Robustness benchmark for knowledge distillation.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a suite (resumes: finished jobs are skipped)")
+    run.add_argument("--suite", default="robustness", help="a built-in suite name or a path to a .toml file")
+    run.add_argument("--out", type=Path, help="results folder (default: results/<suite>)")
+    run.add_argument("--methods", type=_name_list, help="comma-separated subset of methods")
+    run.add_argument("--seeds", type=_int_list, help="comma-separated seeds (>= 1), replacing the suite's")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    run.add_argument("--cache-dir", type=Path, help="teacher cache (default: $KDBENCH_CACHE or ~/.cache/kdbench)")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    ls = sub.add_parser("list", help="list datasets, models, methods, attacks, corruptions, suites")
+    ls.add_argument("what", nargs="?", default="all",
+                    choices=["all", "datasets", "models", "methods", "attacks", "corruptions", "suites", "flags"])
+
+    lb = sub.add_parser("leaderboard", help="rebuild summary, leaderboard and plots from stored records")
+    lb.add_argument("--suite", help="suite name (default: every suite under --results)")
+    lb.add_argument("--results", type=Path, default=Path("results"), help="folder holding <suite>/records")
+    return p
+
+
+def cmd_run(args) -> int:
+    from .report import console_table, write_reports
+    from .runner import pick_device, run_suite
+    from .suite import load_suite, with_overrides
+
+    suite = with_overrides(load_suite(args.suite), args.methods, args.seeds)
+    device = pick_device(args.device)
+    out = args.out or Path("results") / suite.name
+    result = run_suite(suite, out, device, cache_dir=args.cache_dir, quiet=args.quiet)
+    rep = write_reports(out, suite.name, suite.headline_eps)
+    if not args.quiet:
+        print(console_table(rep["summary"], suite.headline_eps))
+    print(f"{result.ran} jobs run, {result.skipped} already done, {len(result.failed)} failed, "
+          f"{result.seconds:.1f}s; results in {out}")
+    return 1 if result.failed else 0
+
+
+def cmd_list(args) -> int:
+    from .attacks import ATTACKS
+    from .corruptions import CORRUPTIONS
+    from .data import DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+    from .sanity import FLAGS
+    from .suite import builtin_suites
+
+    sections = {"datasets": DATASETS, "models": MODELS, "methods": METHODS, "attacks": ATTACKS,
+                "corruptions": CORRUPTIONS, "flags": FLAGS}
+    for name, reg in sections.items():
+        if args.what in ("all", name):
+            print(f"{name}:")
+            for entry in reg.entries():
+                print(f"  {entry.name:<24} {entry.summary}")
+    if args.what in ("all", "suites"):
+        print("suites:")
+        for name, path in builtin_suites().items():
+            print(f"  {name:<24} {path}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from .report import write_reports
+
+    root = args.results
+    folders = [root / args.suite] if args.suite else sorted(p.parent for p in root.glob("*/records"))
+    if not folders or not all((f / "records").is_dir() for f in folders):
+        raise KdbenchError(f"no records found under {str(root)!r}" + (f" for suite {args.suite!r}" if args.suite else ""))
+    for folder in folders:
+        rep = write_reports(folder)
+        for b in rep["bad"]:
+            print(f"warning: skipped damaged record {b.path}: {b.reason}", file=sys.stderr)
+        print(f"{folder}: {rep['records']} records -> summary.csv, leaderboard.md, {len(rep['plots'])} plots")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command](args)
+    except KdbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""evaluate(model, data, config) -> metrics, sanity flags and their evidence.
+
+Metric names (stable strings read by tables, plots, the leaderboard and the regression check):
+- `clean`: accuracy on the test split.
+- `<attack>@<eps>`: accuracy under each attack of `eval.attacks` at each `eval.eps`.
+- `transfer@<eps>`: accuracy on PGD examples crafted on the teacher (students only).
+- `robust@<eps>`: per-example worst case: an example counts only if it is classified correctly clean and
+  under every attack run at that eps (transfer included).
+- `sweep@<eps>`: worst case of PGD and APGD-DLR along `eval.sweep_eps` (accuracy-vs-eps curves).
+- `corruption/<name>/<severity>`, `corruption/<name>` (mean over severities), `mca` (mean corruption
+  accuracy over all corruptions and severities) and `relative_mca` (mca / clean).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import ATTACKS, build_attack, run_attack
+from .corruptions import corrupt
+from .sanity import ZERO_GRAD_NORM, compute_flags
+from .train import predict_logits
+
+NOISE_DRAWS = 10  # random sign-noise draws of L-inf size eps per example
+STRONG_RESTARTS = 3  # restarts of the 2x-steps PGD of the convergence check
+
+
+def _seed(seed: int, *parts) -> int:
+    return (seed * 7919 + zlib.crc32("/".join(map(str, parts)).encode())) % 2**31
+
+
+def fmt_eps(eps: float) -> str:
+    return f"{eps:g}"
+
+
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return predict_logits(model, x, batch_size).argmax(1) == y
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """L-inf norm of d CE / d x per example."""
+    norms = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xb), y[i:i + batch_size], reduction="sum")
+        (g,) = torch.autograd.grad(loss, xb)
+        norms.append(g.flatten(1).abs().amax(1))
+    return torch.cat(norms)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, ev, seed: int,
+             headline_eps: float, source: nn.Module | None = None, timings: dict | None = None,
+             transfer_cache: dict | None = None):
+    """Evaluate `model` in eval mode. `source` (the teacher) enables the transfer attack; its adversarial
+    examples depend only on (source, eps, seed), so a caller evaluating several students of one teacher can
+    pass the same `transfer_cache` dict to craft them once.
+
+    Returns (metrics, flags, flag_evidence)."""
+    transfer_cache = {} if transfer_cache is None else transfer_cache
+    model.eval()
+    if source is not None:
+        source.eval()
+    timings = timings if timings is not None else {}
+    bs = ev.batch_size
+
+    def timed(key, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+    metrics: dict[str, float] = {}
+    clean_ok = timed("clean", lambda: correct(model, x, y, bs))
+    metrics["clean"] = clean_ok.float().mean().item()
+    evidence: dict = {"eps": [], "acc": {}}
+    whitebox_ok: dict[float, torch.Tensor] = {}
+    masks: dict[tuple[str, str], torch.Tensor] = {}  # (attack, eps) -> per-example correct
+    robust_ok: dict[float, torch.Tensor] = {}
+    blackbox_ok: dict[float, torch.Tensor] = {}
+
+    for eps in ev.eps:
+        e = fmt_eps(eps)
+        evidence["eps"].append(e)
+        worst = clean_ok.clone()
+        wb = clean_ok.clone()
+        bb = torch.ones_like(clean_ok)
+        for name in ev.attacks:
+            atk = build_attack(name, model, eps, ev, _seed(seed, name, e), num_classes)
+            x_adv = timed(name, lambda: run_attack(atk, x, y, bs, _seed(seed, name, e)))
+            ok = masks[(name, e)] = correct(model, x_adv, y, bs)
+            metrics[f"{name}@{e}"] = evidence["acc"][f"{name}@{e}"] = ok.float().mean().item()
+            worst &= ok
+            if ATTACKS.get(name).white_box:
+                wb &= ok
+            else:
+                bb &= ok
+        if source is not None and ev.transfer:
+            if e not in transfer_cache:
+                atk = build_attack("pgd", source, eps, ev, _seed(seed, "transfer", e), num_classes)
+                transfer_cache[e] = timed("transfer", lambda: run_attack(atk, x, y, bs, _seed(seed, "transfer", e)))
+            ok = correct(model, transfer_cache[e], y, bs)
+            metrics[f"transfer@{e}"] = ok.float().mean().item()
+            worst &= ok
+            bb &= ok
+        metrics[f"robust@{e}"] = worst.float().mean().item()
+        whitebox_ok[eps], blackbox_ok[eps], robust_ok[eps] = wb, bb, worst
+
+    timed("sweep", lambda: _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics))
+    timed("corruptions", lambda: _corruptions(model, x, y, ev, seed, metrics))
+    if ev.sanity:
+        timed("sanity", lambda: _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
+                                                 whitebox_ok, blackbox_ok, robust_ok, metrics, evidence))
+        flags, details = compute_flags(evidence)
+    else:
+        flags, details = [], {}
+    return metrics, flags, details
+
+
+SWEEP_ATTACKS = ("pgd", "apgd-dlr")
+
+
+def _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics):
+    """Worst case of PGD and APGD-DLR at each sweep eps (reusing the main attacks' results where run)."""
+    for eps in ev.sweep_eps:
+        e = fmt_eps(eps)
+        ok = clean_ok.clone()
+        for name in SWEEP_ATTACKS:
+            if (name, e) not in masks:
+                atk = build_attack(name, model, eps, ev, _seed(seed, name, e), num_classes)
+                masks[(name, e)] = correct(model, run_attack(atk, x, y, ev.batch_size, _seed(seed, name, e)), y,
+                                           ev.batch_size)
+            ok &= masks[(name, e)]
+        metrics[f"sweep@{e}"] = ok.float().mean().item()
+
+
+def _corruptions(model, x, y, ev, seed, metrics):
+    if not ev.corruptions:
+        return
+    all_acc = []
+    for name in ev.corruptions:
+        accs = []
+        for sev in ev.severities:
+            acc = correct(model, corrupt(name, x, sev, seed), y, ev.batch_size).float().mean().item()
+            metrics[f"corruption/{name}/{sev}"] = acc
+            accs.append(acc)
+        metrics[f"corruption/{name}"] = sum(accs) / len(accs)
+        all_acc.extend(accs)
+    metrics["mca"] = sum(all_acc) / len(all_acc)
+    metrics["relative_mca"] = metrics["mca"] / metrics["clean"] if metrics["clean"] > 0 else 0.0
+
+
+def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok, whitebox_ok, blackbox_ok,
+                     robust_ok, metrics, evidence):
+    """Gather what the flags in sanity.py judge."""
+    bs = ev.batch_size
+    # saturated softmax: input gradients that are exactly (numerically) zero
+    norms = input_gradients(model, x, y, bs)
+    evidence["zero_grad_fraction"] = (norms < ZERO_GRAD_NORM).float().mean().item()
+    logits = predict_logits(model, x, bs)
+    top2 = logits.topk(2, dim=1).values
+    evidence["median_logit_margin"] = (top2[:, 0] - top2[:, 1]).median().item()
+
+    # convergence: does PGD with twice the steps and 3 restarts lower the reported worst case?
+    e = fmt_eps(headline_eps)
+    if headline_eps in robust_ok:
+        ok = clean_ok.clone()
+        strong = dataclasses.replace(ev, pgd_steps=2 * ev.pgd_steps)
+        for r in range(STRONG_RESTARTS):
+            atk = build_attack("pgd", model, headline_eps, strong, _seed(seed, "strong", r), num_classes)
+            ok &= correct(model, run_attack(atk, x, y, bs, _seed(seed, "strong", r)), y, bs)
+        evidence["convergence"] = {"eps": e, "robust": metrics[f"robust@{e}"],
+                                   "robust_with_strong_pgd": (robust_ok[headline_eps] & ok).float().mean().item(),
+                                   "strong_pgd": ok.float().mean().item(), "steps": 2 * ev.pgd_steps,
+                                   "restarts": STRONG_RESTARTS}
+
+    # unbounded: the largest sweep eps must take accuracy to chance or below
+    if ev.sweep_eps:
+        e_max = fmt_eps(max(ev.sweep_eps))
+        evidence["unbounded"] = {"eps": e_max, "acc": metrics[f"sweep@{e_max}"], "chance": 1.0 / num_classes}
+
+    # black-box beats white-box: random sign noise of the same L-inf size, transfer, Square
+    g = torch.Generator(device=x.device).manual_seed(_seed(seed, "noise"))
+    noise_ok = clean_ok.clone()
+    for _ in range(NOISE_DRAWS):
+        sign = torch.randint(0, 2, x.shape, generator=g, device=x.device).to(x.dtype) * 2 - 1
+        noise_ok &= correct(model, (x + headline_eps * sign).clamp(0, 1), y, bs)
+    metrics[f"noise@{e}"] = noise_ok.float().mean().item()
+    wb = whitebox_ok.get(headline_eps)
+    if wb is not None:
+        bb = blackbox_ok[headline_eps] & noise_ok
+        beaten = wb & ~bb
+        evidence["blackbox"] = {"eps": e, "examples": int(beaten.sum()), "fraction": beaten.float().mean().item()}

@@ -1,0 +1,120 @@
+"""The one contract every distillation method follows (after mdistiller's Distiller).
+
+A method is a `Distiller` subclass registered by name. The trainer builds every method the same way,
+`cls(student, teachers, params, ctx)`, and calls `losses(batch)`, which returns named loss terms that the
+trainer sums and logs. Teachers are frozen (`requires_grad_(False)`) and stay in eval mode; trainable
+adapters (a FitNets regressor) are ordinary sub-modules of the distiller and are optimised with the student.
+Defaults live with the method (`defaults`), never in a central config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher a job needs: architecture, kind (standard/adversarial/defensive), seed, kind params."""
+
+    arch: str
+    kind: str
+    seed: int
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What a method may need to know beyond its own parameters."""
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    epochs: int
+    adv_eps: float
+    adv_steps: int
+    adv_step_size: float
+
+
+@dataclass
+class Batch:
+    """One training step's input. `teacher_logits[i]` is teacher i's logits on the clean `x` (cached when the
+    data is not augmented); `progress` is the fraction of training done, in [0, 1]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    teacher_logits: list[torch.Tensor] = field(default_factory=list)
+    progress: float = 0.0
+
+
+class Distiller(nn.Module):
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    teacher_kind: ClassVar[str | None] = "standard"  # None: the method uses no teacher
+    uses_teacher_logits: ClassVar[bool] = True
+
+    def __init__(self, student: nn.Module, teachers: list[nn.Module], params: dict[str, Any], ctx: TrainContext):
+        super().__init__()
+        self.student = student
+        self.teachers = nn.ModuleList(teachers)
+        for t in self.teachers:
+            t.requires_grad_(False)
+            t.eval()
+        self.params = dict(params)
+        self.ctx = ctx
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.teachers[0]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for t in self.teachers:
+            t.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def teacher_specs(cls, params: dict[str, Any], arch: str, kind: str | None, seed: int) -> list[TeacherSpec]:
+        """The teachers a job of this method needs (none when `kind` is None)."""
+        return [] if kind is None else [TeacherSpec(arch, kind, seed)]
+
+
+def register_method(name: str):
+    """Class decorator: `@register_method("kd")` registers a Distiller subclass under `name`."""
+
+    def add(cls):
+        doc = (cls.__doc__ or "").strip()
+        cls.name = name
+        cls.summary = cls.summary or (doc.splitlines()[0] if doc else "")
+        METHODS.add(name, cls, cls.summary)
+        return cls
+
+    return add
+
+
+# ---- shared loss pieces (one definition each; methods compose them) ------------------------------------
+
+def kl_soft(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(target || softmax(student / T)), averaged over the batch (sum over classes)."""
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    return F.kl_div(log_p, target_probs, reduction="batchmean")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
+    target = F.softmax(teacher_logits / temperature, dim=1)
+    return temperature**2 * kl_soft(student_logits, target, temperature)

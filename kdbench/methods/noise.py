@@ -1,0 +1,29 @@
+"""Noise-augmented distillation, aimed at corruption robustness."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Batch, Distiller, kd_loss, register_method
+
+
+@register_method("noise-kd")
+class NoiseKD(Distiller):
+    """KD on Gaussian-noise-augmented batches: teacher and student see the same noisy input
+    x~ = clip(x + sigma * N(0, I), 0, 1) (noise augmentation for corruption robustness, cf. Rusak et al. 2020,
+    "A Simple Way to Make Neural Networks Robust Against Diverse Image Corruptions").
+
+    loss = alpha * T^2 * KL(softmax(t(x~)/T) || softmax(s(x~)/T)) + (1 - alpha) * CE(s(x~), y)
+    """
+
+    defaults = {"temperature": 4.0, "alpha": 0.9, "sigma": 0.1}
+    uses_teacher_logits = False
+
+    def losses(self, batch: Batch):
+        T, alpha = self.params["temperature"], self.params["alpha"]
+        x = (batch.x + self.params["sigma"] * torch.randn_like(batch.x)).clamp(0.0, 1.0)
+        with torch.no_grad():
+            t = self.teacher(x)
+        s = self.student(x)
+        return {"kd": alpha * kd_loss(s, t, T), "ce": (1 - alpha) * F.cross_entropy(s, batch.y)}

@@ -1,0 +1,165 @@
+"""Records -> summary table (mean ± std over seeds), Markdown leaderboard and plots. A pure function of the
+records: reports never train and never evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .records import atomic_write_text, load_records
+from .stats import ci95, mean_std, overlap
+
+GROUP = ["dataset", "pair", "role", "method", "teacher_kind", "params"]
+
+
+def fmt_eps(eps: float) -> str:
+    return f"{eps:g}"
+
+
+def row_label(method: str, teacher_kind, role: str) -> str:
+    if role == "teacher":
+        return f"teacher ({teacher_kind})"
+    return method if teacher_kind in (None, "standard") else f"{method} [{teacher_kind} teacher]"
+
+
+def summarize(records: list[dict]) -> pd.DataFrame:
+    """One row per (dataset, pair, role, method, teacher kind, params): n seeds, mean and std of each metric."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (r["dataset"], r.get("pair", ""), r["role"], r["method"], r.get("teacher_kind") or "",
+               json.dumps(r.get("method_params", {}), sort_keys=True))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for key, recs in sorted(groups.items()):
+        recs = sorted(recs, key=lambda r: r["seed"])
+        row = dict(zip(GROUP, key))
+        row["label"] = row_label(row["method"], row["teacher_kind"] or None, row["role"])
+        row["arch"] = recs[0]["student"]["arch"]
+        row["model_params"] = recs[0]["student"]["params"]
+        row["seeds"] = len(recs)
+        row["seed_list"] = " ".join(str(r["seed"]) for r in recs)
+        row["headline_eps"] = recs[0].get("headline_eps")
+        flag_counts: dict[str, int] = {}
+        for r in recs:
+            for f in r["flags"]:
+                flag_counts[f] = flag_counts.get(f, 0) + 1
+        row["flags"] = " ".join(f"{f}({c}/{len(recs)})" for f, c in sorted(flag_counts.items()))
+        row["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in recs) / len(recs)
+        row["eval_seconds"] = sum(r.get("eval_seconds", 0.0) for r in recs) / len(recs)
+        metric_names = sorted({m for r in recs for m in r["metrics"]})
+        for m in metric_names:
+            vals = [r["metrics"][m] for r in recs if m in r["metrics"]]
+            mean, std = mean_std(vals)
+            row[f"{m}:mean"], row[f"{m}:std"] = mean, std
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(row, metric: str, digits: int = 1) -> str:
+    mean, std = row.get(f"{metric}:mean"), row.get(f"{metric}:std")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
+
+
+def _delta_vs_ce(row, base, metric: str) -> str:
+    """Difference of means in accuracy points; '≈' when the 95% intervals overlap (within seed noise)."""
+    if base is None or row["role"] == "teacher" or row["method"] == "ce":
+        return ""
+    m, s = row.get(f"{metric}:mean"), row.get(f"{metric}:std")
+    bm, bs = base.get(f"{metric}:mean"), base.get(f"{metric}:std")
+    if m is None or bm is None or any(isinstance(v, float) and math.isnan(v) for v in (m, bm)):
+        return ""
+    d = 100 * (m - bm)
+    noise = overlap(ci95(m, s, row["seeds"]), ci95(bm, bs, base["seeds"]))
+    return f"{d:+.1f}" + (" ≈" if noise else "")
+
+
+def leaderboard_tables(summary: pd.DataFrame, headline_eps: float) -> list[tuple[str, pd.DataFrame]]:
+    """One ranked table per (dataset, pair): students by robust@headline, then the teachers as references."""
+    e = fmt_eps(headline_eps)
+    key = f"robust@{e}:mean"
+    out = []
+    if summary.empty:
+        return out
+    for (dataset, pair), g in summary.groupby(["dataset", "pair"], sort=True):
+        students = g[g["role"] == "student"].copy()
+        if key in students:
+            students = students.sort_values(key, ascending=False, na_position="last")
+        ce_rows = students[students["method"] == "ce"]
+        base = ce_rows.iloc[0].to_dict() if len(ce_rows) else None
+        teachers = summary[(summary["role"] == "teacher") & (summary["dataset"] == dataset)]
+        teachers = teachers[teachers["arch"] == pair.split("->")[0]]
+        rows = []
+        for rank, (_, r) in enumerate(students.iterrows(), start=1):
+            rows.append(_table_row(str(rank), r.to_dict(), base, e))
+        for _, r in teachers.iterrows():
+            rows.append(_table_row("ref", r.to_dict(), None, e))
+        out.append((f"{dataset}: {pair}", pd.DataFrame(rows)))
+    return out
+
+
+def _table_row(rank: str, r: dict, base, e: str) -> dict:
+    return {
+        "rank": rank,
+        "method": r["label"],
+        f"robust@{e}": _cell(r, f"robust@{e}"),
+        f"Δ vs ce": _delta_vs_ce(r, base, f"robust@{e}"),
+        "clean": _cell(r, "clean"),
+        f"pgd@{e}": _cell(r, f"pgd@{e}"),
+        f"apgd-dlr@{e}": _cell(r, f"apgd-dlr@{e}"),
+        "mca": _cell(r, "mca"),
+        "params": f"{int(r['model_params']):,}",
+        "seeds": int(r["seeds"]),
+        "flags": r["flags"] or "",
+    }
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float) -> str:
+    e = fmt_eps(headline_eps)
+    parts = [f"# kdbench leaderboard: {suite}", "",
+             f"Ranked by `robust@{e}`: per-example worst case over every attack run at eps = {e} (L-inf, [0, 1] "
+             "pixel scale). Cells are mean ± std over seeds, in % accuracy. `Δ vs ce` is the difference in "
+             "robust accuracy to the `ce` student (no teacher), in points; `≈` marks a difference within seed "
+             "noise (the two 95% confidence intervals overlap). `ref` rows are the teachers. Flags: sanity checks "
+             "that distrust a number (fired on n of the seeds); see the README.", ""]
+    for title, table in leaderboard_tables(summary, headline_eps):
+        parts += [f"## {title}", "", to_markdown(table), ""]
+    return "\n".join(parts)
+
+
+def write_reports(out: Path, suite: str | None = None, headline_eps: float | None = None) -> dict:
+    """Rebuild summary.csv, leaderboard.md and plots/ under `out` from its records."""
+    from . import plots
+
+    out = Path(out)
+    records, bad = load_records(out)
+    if suite is None:
+        suite = records[0]["suite"] if records else out.name
+    if headline_eps is None:
+        eps = [r.get("headline_eps") for r in records if r.get("headline_eps") is not None]
+        headline_eps = max(set(eps), key=eps.count) if eps else 0.1
+    summary = summarize(records)
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "leaderboard.md", leaderboard_markdown(summary, suite, headline_eps))
+    written = plots.write_plots(summary, out / "plots", headline_eps)
+    return {"records": len(records), "bad": bad, "summary": summary, "plots": written, "headline_eps": headline_eps}
+
+
+def console_table(summary: pd.DataFrame, headline_eps: float) -> str:
+    parts = []
+    for title, table in leaderboard_tables(summary, headline_eps):
+        parts += [title, table.drop(columns=["params"]).to_string(index=False), ""]
+    return "\n".join(parts)

@@ -1,0 +1,248 @@
+"""Suite -> jobs -> (teacher, distillation, evaluation) -> records. Reports are written by report.py.
+
+A job is a pure function of its config; its record is named by the job id, so a re-run skips finished jobs
+and a killed run resumes where it stopped. Teachers are trained once and cached as state dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from .evaluate import evaluate
+from .methods import METHODS, Batch, TeacherSpec, TrainContext
+from .models import ModelInput, build_model, count_params
+from .records import atomic_write_bytes, atomic_write_text, environment, load_records, utc_now, write_record
+from .suite import Job, Suite
+from .teachers import TEACHER_KINDS, teacher_key
+from .train import fit, predict_logits, seed_everything
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("KDBENCH_CACHE", Path.home() / ".cache" / "kdbench"))
+
+
+def pick_device(name: str | None) -> torch.device:
+    from .errors import KdbenchError
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise KdbenchError(f"device {name!r} requested but CUDA is not available; choose from: auto, cpu")
+        return torch.device(name)
+    raise KdbenchError(f"unknown device {name!r}; choose from: auto, cpu, cuda, cuda:N")
+
+
+class Progress:
+    def __init__(self, total: int, quiet: bool, stream=None):
+        self.total, self.quiet, self.stream = total, quiet, stream or sys.stderr
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=self.stream, flush=True)
+
+    def job(self, i: int, label: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        eta = "" if self.done == 0 else f", ETA {elapsed / self.done * (self.total - self.done):.0f}s"
+        self.say(f"[job {i}/{self.total}{eta}] {label}")
+
+
+@dataclass
+class Workspace:
+    """Everything shared by the jobs of one run: data on the device, the teacher cache, timings."""
+
+    device: torch.device
+    cache_dir: Path
+    data: dict = field(default_factory=dict)
+    teachers: dict = field(default_factory=dict)
+    transfer: dict = field(default_factory=dict)  # (teacher key, seed, eval config) -> {eps: x_adv}
+    profile: dict = field(default_factory=dict)
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.profile[key] = self.profile.get(key, 0.0) + seconds
+
+    def get_data(self, cfg) -> data_mod.TensorData:
+        if cfg not in self.data:
+            t0 = time.perf_counter()
+            self.data[cfg] = data_mod.load_data(cfg).to(self.device)
+            self.add_time("data", time.perf_counter() - t0)
+        return self.data[cfg]
+
+
+def model_input(data) -> ModelInput:
+    return ModelInput(data.shape, data.num_classes, data.mean, data.std)
+
+
+def teacher_config(spec: TeacherSpec, job: Job) -> dict:
+    t = job.train
+    cfg = {"format": 1, "data": dataclasses.asdict(job.data), "arch": spec.arch, "kind": spec.kind,
+           "params": dict(spec.params), "seed": spec.seed,
+           "train": {"epochs": t.teacher_epochs, "batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr,
+                     "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule}}
+    if spec.kind == "adversarial":
+        cfg["train"].update(adv_eps=t.adv_eps, adv_steps=t.adv_steps, adv_step_size=t.step_size())
+    return cfg
+
+
+def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) -> torch.nn.Module:
+    """The trained teacher for `spec`: from memory, from the disk cache, or trained now and cached."""
+    cfg = teacher_config(spec, job)
+    key = teacher_key(cfg)
+    if key in ws.teachers:
+        return ws.teachers[key][1]
+    data = ws.get_data(job.data)
+    model = build_model(spec.arch, model_input(data)).to(ws.device)
+    path = ws.cache_dir / "teachers" / f"{key}.pt"
+    if path.is_file():
+        model.load_state_dict(load_state_dict(path, ws.device))
+    else:
+        t0 = time.perf_counter()
+        progress.say(f"    training teacher {spec.arch} ({spec.kind}) seed {spec.seed}")
+        kind = TEACHER_KINDS.get(spec.kind)
+        params = {**kind.defaults, **dict(spec.params)}
+        seed_everything(spec.seed)
+        model = build_model(spec.arch, model_input(data)).to(ws.device)
+        objective = kind.objective(model, params, job.train)
+        x, y = data.x_train, data.y_train
+        fit(model, list(model.parameters()), lambda idx, p: objective(x[idx], y[idx], p), len(x),
+            job.train.teacher_epochs, job.train, spec.seed, ws.device)
+        buf = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_text(path.with_suffix(".json"), json.dumps(cfg, indent=1, sort_keys=True))
+        ws.add_time("teacher training", time.perf_counter() - t0)
+    model.eval().requires_grad_(False)
+    ws.teachers[key] = (spec, model)
+    return model
+
+
+def load_state_dict(path: Path, device) -> dict:
+    """A state dict from disk, never executing code (`weights_only=True`)."""
+    from .errors import KdbenchError
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle safely is a bad checkpoint
+        raise KdbenchError(f"cannot load checkpoint {str(path)!r} as a plain state dict: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def train_student(job: Job, data, teachers: list, ws: Workspace) -> tuple[torch.nn.Module, list[dict]]:
+    cls = METHODS.get(job.method)
+    seed_everything(job.seed)
+    student = build_model(job.pair.student, model_input(data)).to(ws.device)
+    t = job.train
+    ctx = TrainContext(num_classes=data.num_classes, input_shape=data.shape, epochs=t.epochs, adv_eps=t.adv_eps, adv_steps=t.adv_steps,
+                       adv_step_size=t.step_size())
+    distiller = cls(student, teachers, dict(job.params), ctx).to(ws.device)
+    x, y = data.x_train, data.y_train
+    cached = [predict_logits(tm, x) for tm in teachers] if cls.uses_teacher_logits else []
+
+    def step(idx, progress):
+        return distiller.losses(Batch(x[idx], y[idx], [c[idx] for c in cached], progress))
+
+    history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device)
+    return distiller.student.eval(), history
+
+
+def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
+    data = ws.get_data(job.data)
+    specs = job.teacher_specs()
+    teachers = [get_teacher(s, job, ws, progress) for s in specs]
+    t0 = time.perf_counter()
+    if job.is_teacher:
+        model, history = teachers[0], []
+        source = None
+    else:
+        model, history = train_student(job, data, teachers, ws)
+        source = teachers[0] if teachers else None
+    train_seconds = time.perf_counter() - t0
+    ws.add_time("student training", 0.0 if job.is_teacher else train_seconds)
+
+    seed_everything(job.seed)
+    timings: dict = {}
+    t1 = time.perf_counter()
+    transfer_cache = None
+    if source is not None:
+        key = (teacher_key(teacher_config(specs[0], job)), job.seed, repr(job.eval))
+        transfer_cache = ws.transfer.setdefault(key, {})
+    metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
+                                        job.headline_eps, source=source, timings=timings,
+                                        transfer_cache=transfer_cache)
+    eval_seconds = time.perf_counter() - t1
+    for k, v in timings.items():
+        ws.add_time(f"eval: {k}", v)
+
+    teacher_info = None
+    if teachers:
+        tm = teachers[0]
+        teacher_info = {"arch": specs[0].arch, "kind": specs[0].kind, "seeds": [s.seed for s in specs],
+                        "params": count_params(tm),
+                        "clean": (predict_logits(tm, data.x_test).argmax(1) == data.y_test).float().mean().item()}
+    return {
+        "schema": 1,
+        "job_id": job.job_id,
+        "suite": job.suite,
+        "role": "teacher" if job.is_teacher else "student",
+        "dataset": job.data.name,
+        "pair": f"{job.pair.teacher}->{job.pair.student}",
+        "teacher": teacher_info,
+        "student": {"arch": job.pair.teacher if job.is_teacher else job.pair.student, "params": count_params(model)},
+        "method": f"teacher:{job.teacher_kind}" if job.is_teacher else job.method,
+        "method_params": dict(job.params),
+        "teacher_kind": job.teacher_kind,
+        "seed": job.seed,
+        "metrics": metrics,
+        "flags": flags,
+        "flag_evidence": evidence,
+        "headline_eps": job.headline_eps,
+        "train_history": history[-1:] if history else [],
+        "train_seconds": round(train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "eval_timings": {k: round(v, 3) for k, v in timings.items()},
+        "config": job.config(),
+        "env": environment(ws.device),
+        "created": utc_now(),
+    }
+
+
+@dataclass
+class RunResult:
+    total: int
+    skipped: int
+    ran: int
+    failed: list = field(default_factory=list)
+    profile: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | None = None, quiet: bool = False,
+              stream=None) -> RunResult:
+    t_start = time.perf_counter()
+    out = Path(out)
+    jobs = suite.jobs()
+    done = {r["job_id"] for r in load_records(out)[0]}
+    todo = [j for j in jobs if j.job_id not in done]
+    progress = Progress(len(jobs), quiet, stream)
+    ws = Workspace(device, Path(cache_dir) if cache_dir else default_cache_dir())
+    progress.say(f"suite {suite.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, device {device}")
+    progress.done = 0
+    for job in todo:
+        progress.job(len(jobs) - len(todo) + progress.done + 1, job.label())
+        record = run_job(job, ws, progress)
+        write_record(out, record)
+        progress.done += 1
+    return RunResult(len(jobs), len(jobs) - len(todo), len(todo), [], ws.profile, time.perf_counter() - t_start)

@@ -1,0 +1,336 @@
+"""Suite files (TOML) -> validated `Suite` -> the job grid.
+
+A suite is dataset x (teacher, student) pairs x methods x seeds. Every job is a pure function of its config;
+its id is a hash of that config, so a re-run skips finished jobs. Besides the student jobs, a suite has one
+reference job per teacher it uses (the teacher's own metrics, shown as reference rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .attacks import ATTACKS
+from .config import check_params, from_table, unknown_key_error
+from .corruptions import CORRUPTIONS
+from .data import DATASETS, DataConfig
+from .errors import KdbenchError
+from .methods import METHODS, TeacherSpec
+from .models import MODELS
+from .teachers import TEACHER_KINDS
+
+REPO_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # student epochs
+    teacher_epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant
+    adv_eps: float = 0.1  # eps of adversarial training and adversarial distillation
+    adv_steps: int = 10
+    adv_step_size: float | None = None  # default 2.5 * adv_eps / adv_steps (Madry et al. 2018)
+
+    def step_size(self) -> float:
+        if self.adv_step_size is not None:
+            return self.adv_step_size
+        return 2.5 * self.adv_eps / max(self.adv_steps, 1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
+    eps: tuple[float, ...] = (0.05, 0.1, 0.2)
+    pgd_steps: int = 20
+    pgd_step_ratio: float = 0.25  # PGD step size = ratio * eps
+    apgd_steps: int = 50
+    square_queries: int = 1000
+    transfer: bool = True  # PGD examples crafted on the teacher, evaluated on the student
+    sweep_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+    corruptions: tuple[str, ...] = ("gaussian_noise",)
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    sanity: bool = True
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str
+    student: str
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    name: str
+    params: tuple[tuple[str, Any], ...]
+    teacher_kind: str | None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    data: DataConfig
+    pairs: tuple[Pair, ...]
+    methods: tuple[MethodRun, ...]
+    seeds: tuple[int, ...]
+    train: TrainConfig
+    eval: EvalConfig
+    headline_eps: float
+    source: str = ""
+
+    def jobs(self) -> list["Job"]:
+        """Teacher reference jobs first, then students: (pair, method, seed) in file order."""
+        students, teachers = [], {}
+        for pair in self.pairs:
+            for m in self.methods:
+                for seed in self.seeds:
+                    job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
+                              self.headline_eps)
+                    students.append(job)
+                    for spec in job.teacher_specs():
+                        if spec.seed not in self.seeds:  # e.g. extra ensemble members: trained, not reported
+                            continue
+                        ref = Job(self.name, self.data, Pair(spec.arch, spec.arch), "teacher", spec.params, spec.kind,
+                                  spec.seed, self.train, self.eval, self.headline_eps)
+                        teachers.setdefault(ref.job_id, ref)
+        return list(teachers.values()) + students
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: str
+    data: DataConfig
+    pair: Pair
+    method: str  # a registered method, or "teacher" for a teacher's reference job
+    params: tuple[tuple[str, Any], ...]
+    teacher_kind: str | None
+    seed: int
+    train: TrainConfig
+    eval: EvalConfig
+    headline_eps: float
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.method == "teacher"
+
+    def teacher_specs(self) -> list[TeacherSpec]:
+        if self.is_teacher:
+            return [TeacherSpec(self.pair.teacher, self.teacher_kind, self.seed, self.params)]
+        cls = METHODS.get(self.method)
+        return cls.teacher_specs(dict(self.params), self.pair.teacher, self.teacher_kind, self.seed)
+
+    def config(self) -> dict:
+        """Everything that determines the job's numbers (not the suite name): the hash input."""
+        return {
+            "data": dataclasses.asdict(self.data),
+            "pair": dataclasses.asdict(self.pair),
+            "method": self.method,
+            "params": dict(self.params),
+            "teacher_kind": self.teacher_kind,
+            "seed": self.seed,
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+            "headline_eps": self.headline_eps,
+        }
+
+    @property
+    def job_id(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        if self.is_teacher:
+            return f"teacher {self.pair.teacher} ({self.teacher_kind}) seed {self.seed}"
+        return f"{self.method} {self.pair.teacher}->{self.pair.student} seed {self.seed}"
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+
+SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps"}
+
+
+def builtin_suites() -> dict[str, Path]:
+    """Suite name -> file, from the repository's benchmarks/ or the installed package."""
+    found: dict[str, Path] = {}
+    try:
+        for entry in resources.files("kdbench.suites").iterdir():
+            if entry.name.endswith(".toml"):
+                found[entry.name[:-5]] = Path(str(entry))
+    except (ModuleNotFoundError, FileNotFoundError, TypeError):
+        pass
+    if REPO_BENCHMARKS.is_dir():
+        for path in REPO_BENCHMARKS.glob("*.toml"):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
+def resolve_suite_path(suite: str) -> Path:
+    path = Path(suite)
+    if suite.endswith(".toml") or path.parent != Path("."):
+        if not path.is_file():
+            raise KdbenchError(f"suite file {suite!r} does not exist")
+        return path
+    suites = builtin_suites()
+    if suite not in suites:
+        from .errors import choices_error
+
+        raise choices_error("suite", suite, suites)
+    return suites[suite]
+
+
+def load_suite(suite: str) -> Suite:
+    path = resolve_suite_path(suite)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise KdbenchError(f"suite file {str(path)!r} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KdbenchError(f"cannot read suite file {str(path)!r}: {e}") from None
+    return parse_suite(doc, default_name=path.stem, source=str(path))
+
+
+def _check_eps(value: float, where: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise KdbenchError(f"{where} = {value!r} is outside [0, 1] (eps is in [0, 1] pixel scale)")
+    return value
+
+
+def _check_names(names, registry, where: str):
+    for name in names:
+        if name not in registry:
+            from .errors import choices_error
+
+            raise choices_error(registry.kind, name, registry.names()) from None
+
+
+def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Suite:
+    for key in doc:
+        if key not in SUITE_KEYS:
+            raise unknown_key_error("the suite file", key, SUITE_KEYS)
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) or name[0] == ".":
+        raise KdbenchError(f"suite name must be letters, digits, '-', '_' or '.', got {name!r}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise KdbenchError(f"description must be a string, got {description!r}")
+
+    data_table = dict(doc.get("data", {})) if isinstance(doc.get("data", {}), dict) else doc.get("data")
+    if "dataset" in doc:
+        if not isinstance(data_table, dict):
+            raise KdbenchError(f"data must be a table, got {data_table!r}")
+        data_table["name"] = doc["dataset"]
+    data = from_table(DataConfig, data_table, "data")
+    if data.name not in DATASETS and ":" not in data.name:
+        DATASETS.check(data.name)
+
+    pairs_doc = doc.get("pairs", [{"teacher": "cnn-large", "student": "cnn-small"}])
+    if not isinstance(pairs_doc, list) or not pairs_doc:
+        raise KdbenchError(f"pairs must be a non-empty list of {{teacher, student}} tables, got {pairs_doc!r}")
+    pairs = tuple(from_table(Pair, p, f"pairs[{i}]") for i, p in enumerate(pairs_doc))
+    for p in pairs:
+        MODELS.check(p.teacher)
+        MODELS.check(p.student)
+
+    seeds = doc.get("seeds", [1, 2, 3])
+    if not isinstance(seeds, list) or not seeds:
+        raise KdbenchError(f"seeds must be a non-empty list of integers >= 1, got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
+    if len(set(seeds)) != len(seeds):
+        raise KdbenchError(f"seeds must be distinct, got {seeds!r}")
+
+    train = from_table(TrainConfig, doc.get("train"), "train")
+    if train.optimizer not in ("adam", "sgd"):
+        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: adam, sgd")
+    if train.schedule not in ("cosine", "constant"):
+        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: constant, cosine")
+    for key in ("epochs", "teacher_epochs", "batch_size"):
+        if getattr(train, key) < 1:
+            raise KdbenchError(f"train.{key} must be >= 1, got {getattr(train, key)!r}")
+    if train.adv_steps < 0:
+        raise KdbenchError(f"train.adv_steps must be >= 0, got {train.adv_steps!r}")
+    if not train.lr > 0:
+        raise KdbenchError(f"train.lr must be > 0, got {train.lr!r}")
+    _check_eps(train.adv_eps, "train.adv_eps")
+
+    ev = from_table(EvalConfig, doc.get("eval"), "eval")
+    _check_names(ev.attacks, ATTACKS, "eval.attacks")
+    _check_names(ev.corruptions, CORRUPTIONS, "eval.corruptions")
+    for e in ev.eps:
+        _check_eps(e, "eval.eps")
+    for e in ev.sweep_eps:
+        _check_eps(e, "eval.sweep_eps")
+    for s in ev.severities:
+        if s not in (1, 2, 3, 4, 5):
+            raise KdbenchError(f"eval.severities: severity {s!r} is invalid; choose from: 1, 2, 3, 4, 5")
+    if not ev.eps:
+        raise KdbenchError("eval.eps must list at least one eps")
+    for key in ("pgd_steps", "apgd_steps", "square_queries", "batch_size"):
+        if getattr(ev, key) < 1:
+            raise KdbenchError(f"eval.{key} must be >= 1, got {getattr(ev, key)!r}")
+
+    headline = doc.get("headline_eps", 0.1 if 0.1 in ev.eps else ev.eps[len(ev.eps) // 2])
+    if isinstance(headline, bool) or not isinstance(headline, (int, float)):
+        raise KdbenchError(f"headline_eps must be a number, got {headline!r}")
+    headline = _check_eps(float(headline), "headline_eps")
+    if headline not in ev.eps:
+        raise KdbenchError(f"headline_eps {headline!r} must be one of eval.eps: {', '.join(map(str, ev.eps))}")
+
+    methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}))
+    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source)
+
+
+def parse_methods(table: Any) -> tuple[MethodRun, ...]:
+    """`[methods]` maps each method to its parameters (`kd = { temperature = 4.0 }`, `ce = {}`); the reserved
+    key `teacher` picks the teacher kind (defaults to the method's own)."""
+    if isinstance(table, list):
+        table = {name: {} for name in table} if all(isinstance(n, str) for n in table) else None
+    if not isinstance(table, dict) or not table:
+        raise KdbenchError(f"methods must be a non-empty table of method = {{params}}, got {table!r}")
+    runs = []
+    for name, params in table.items():
+        cls = METHODS.get(name)
+        if not isinstance(params, dict):
+            raise KdbenchError(f"methods.{name} must be a table of parameters, got {params!r}")
+        params = dict(params)
+        kind = params.pop("teacher", cls.teacher_kind)
+        if cls.teacher_kind is None and kind is not None:
+            raise KdbenchError(f"methods.{name} uses no teacher; remove its 'teacher' key")
+        if kind is not None:
+            TEACHER_KINDS.check(kind)
+        merged = check_params(params, cls.defaults, f"methods.{name}")
+        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind))
+    return tuple(runs)
+
+
+def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[int] | None = None) -> Suite:
+    """The suite restricted to some of its methods and/or run on other seeds (CLI --methods / --seeds)."""
+    if methods:
+        known = {m.name: m for m in suite.methods}
+        picked = []
+        for name in methods:
+            if name not in known:
+                METHODS.check(name)  # unknown everywhere -> 'unknown method' error
+                picked.extend(parse_methods({name: {}}))
+            else:
+                picked.append(known[name])
+        suite = dataclasses.replace(suite, methods=tuple(picked))
+    if seeds:
+        for s in seeds:
+            if s < 1:
+                raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
+        suite = dataclasses.replace(suite, seeds=tuple(dict.fromkeys(seeds)))
+    return suite

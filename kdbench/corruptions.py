@@ -88,7 +88,7 @@ def _jpeg(x, quality, g):
 def _pixelate(x, factor, g):
     h, w = x.shape[-2:]
     small = (max(1, int(h * factor)), max(1, int(w * factor)))
-    return F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="nearest")
+    return F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="area")
 
 
 CORRUPTIONS.add("gaussian_noise", Corruption("x + N(0, sigma^2), sigma .04-.10", (0.04, 0.06, 0.08, 0.09, 0.10),
@@ -103,7 +103,7 @@ CORRUPTIONS.add("gaussian_blur", Corruption("Gaussian blur, sigma .4-1 px at 32x
 CORRUPTIONS.add("contrast", Corruption("(x - mean) * c + mean, c .75-.15", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast))
 CORRUPTIONS.add("brightness", Corruption("V + c in HSV, c .05-.30", (0.05, 0.1, 0.15, 0.2, 0.3), _brightness))
 CORRUPTIONS.add("jpeg", Corruption("JPEG compression, quality 80-40", (80, 65, 58, 50, 40), _jpeg))
-CORRUPTIONS.add("pixelate", Corruption("box down-sample to factor .95-.65 of the size, nearest up-sample",
+CORRUPTIONS.add("pixelate", Corruption("box (area) down-sample to .95-.65 of the size and back",
                                        (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate))
 
 

@@ -38,6 +38,14 @@ def fmt_eps(eps: float) -> str:
     return f"{eps:g}"
 
 
+def worst_case(masks: list[torch.Tensor]) -> torch.Tensor:
+    """Per-example worst case: robust only where every mask (clean, each attack) says correct."""
+    out = masks[0].clone()
+    for m in masks[1:]:
+        out &= m
+    return out
+
+
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     return predict_logits(model, x, batch_size).argmax(1) == y
 
@@ -86,7 +94,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     for eps in ev.eps:
         e = fmt_eps(eps)
         evidence["eps"].append(e)
-        worst = clean_ok.clone()
+        run: list[torch.Tensor] = [clean_ok]
         wb = clean_ok.clone()
         bb = torch.ones_like(clean_ok)
         for name in ev.attacks:
@@ -94,7 +102,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
             x_adv = timed(name, lambda: run_attack(atk, x, y, bs, _seed(seed, name, e)))
             ok = masks[(name, e)] = correct(model, x_adv, y, bs)
             metrics[f"{name}@{e}"] = evidence["acc"][f"{name}@{e}"] = ok.float().mean().item()
-            worst &= ok
+            run.append(ok)
             if ATTACKS.get(name).white_box:
                 wb &= ok
             else:
@@ -105,8 +113,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
                 transfer_cache[e] = timed("transfer", lambda: run_attack(atk, x, y, bs, _seed(seed, "transfer", e)))
             ok = correct(model, transfer_cache[e], y, bs)
             metrics[f"transfer@{e}"] = ok.float().mean().item()
-            worst &= ok
+            run.append(ok)
             bb &= ok
+        worst = worst_case(run)
         metrics[f"robust@{e}"] = worst.float().mean().item()
         whitebox_ok[eps], blackbox_ok[eps], robust_ok[eps] = wb, bb, worst
 
@@ -124,18 +133,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
 SWEEP_ATTACKS = ("pgd", "apgd-dlr")
 
 
+def _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, tag) -> torch.Tensor:
+    """Correctness under attack `name` of the examples `idx` (a 1-D index tensor), as a full-size mask that
+    is True outside `idx`."""
+    ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    if len(idx):
+        atk = build_attack(name, model, eps, ev, _seed(seed, tag, name, fmt_eps(eps)), num_classes)
+        x_adv = run_attack(atk, x[idx], y[idx], ev.batch_size, _seed(seed, tag, name, fmt_eps(eps)))
+        ok[idx] = correct(model, x_adv, y[idx], ev.batch_size)
+    return ok
+
+
 def _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics):
-    """Worst case of PGD and APGD-DLR at each sweep eps (reusing the main attacks' results where run)."""
-    for eps in ev.sweep_eps:
+    """Worst case of PGD and APGD-DLR along the sweep eps, in increasing order. An example broken at a smaller
+    eps stays broken at every larger one (its adversarial example lies in the larger ball too), so each eps
+    attacks only the examples that survived the previous one; results of the main attacks are reused."""
+    survivors = clean_ok.clone()
+    for eps in sorted(ev.sweep_eps):
         e = fmt_eps(eps)
-        ok = clean_ok.clone()
         for name in SWEEP_ATTACKS:
-            if (name, e) not in masks:
-                atk = build_attack(name, model, eps, ev, _seed(seed, name, e), num_classes)
-                masks[(name, e)] = correct(model, run_attack(atk, x, y, ev.batch_size, _seed(seed, name, e)), y,
-                                           ev.batch_size)
-            ok &= masks[(name, e)]
-        metrics[f"sweep@{e}"] = ok.float().mean().item()
+            if (name, e) in masks:
+                survivors &= masks[(name, e)]
+            else:
+                idx = torch.nonzero(survivors).flatten()
+                survivors &= _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, "sweep")
+        metrics[f"sweep@{e}"] = survivors.float().mean().item()
 
 
 def _corruptions(model, x, y, ev, seed, metrics):
@@ -168,15 +190,15 @@ def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
     # convergence: does PGD with twice the steps and 3 restarts lower the reported worst case?
     e = fmt_eps(headline_eps)
     if headline_eps in robust_ok:
-        ok = clean_ok.clone()
+        # only the examples that survived every attack can lower the worst case
+        still = robust_ok[headline_eps].clone()
         strong = dataclasses.replace(ev, pgd_steps=2 * ev.pgd_steps)
         for r in range(STRONG_RESTARTS):
-            atk = build_attack("pgd", model, headline_eps, strong, _seed(seed, "strong", r), num_classes)
-            ok &= correct(model, run_attack(atk, x, y, bs, _seed(seed, "strong", r)), y, bs)
+            idx = torch.nonzero(still).flatten()
+            still &= _attack_subset("pgd", model, x, y, idx, headline_eps, strong, seed, num_classes, f"strong{r}")
         evidence["convergence"] = {"eps": e, "robust": metrics[f"robust@{e}"],
-                                   "robust_with_strong_pgd": (robust_ok[headline_eps] & ok).float().mean().item(),
-                                   "strong_pgd": ok.float().mean().item(), "steps": 2 * ev.pgd_steps,
-                                   "restarts": STRONG_RESTARTS}
+                                   "robust_with_strong_pgd": still.float().mean().item(),
+                                   "steps": 2 * ev.pgd_steps, "restarts": STRONG_RESTARTS}
 
     # unbounded: the largest sweep eps must take accuracy to chance or below
     if ev.sweep_eps:

@@ -86,7 +86,10 @@ def leaderboard_tables(summary: pd.DataFrame, headline_eps: float) -> list[tuple
     out = []
     if summary.empty:
         return out
-    for (dataset, pair), g in summary.groupby(["dataset", "pair"], sort=True):
+    student_rows = summary[summary["role"] == "student"]
+    groups = list(student_rows.groupby(["dataset", "pair"], sort=True)) if len(student_rows) else \
+        list(summary.groupby(["dataset", "pair"], sort=True))
+    for (dataset, pair), g in groups:
         students = g[g["role"] == "student"].copy()
         if key in students:
             students = students.sort_values(key, ascending=False, na_position="last")

@@ -1,0 +1,64 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TINY_SUITE = """
+name = "tiny"
+dataset = "digits"
+seeds = [1, 2]
+headline_eps = 0.1
+
+[[pairs]]
+teacher = "cnn-large"
+student = "cnn-small"
+
+[train]
+epochs = 2
+teacher_epochs = 3
+batch_size = 128
+lr = 0.003
+adv_eps = 0.1
+adv_steps = 2
+
+[methods]
+ce = {}
+kd = {}
+
+[eval]
+attacks = ["fgsm", "pgd", "apgd-dlr"]
+eps = [0.1]
+pgd_steps = 5
+apgd_steps = 5
+sweep_eps = [0.1, 0.5]
+corruptions = ["gaussian_noise", "contrast"]
+severities = [1, 5]
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SUITE)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Tests never touch the user's teacher cache."""
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    """Run `python -m kdbench ...` in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "kdbench", *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

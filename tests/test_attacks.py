@@ -1,0 +1,77 @@
+"""Every registered attack stays within eps and [0, 1], and lowers the accuracy of an undefended toy model."""
+
+import pytest
+import torch
+
+from kdbench.attacks import ATTACKS, build_attack, run_attack
+from kdbench.data import DataConfig, load_data
+from kdbench.models import ModelInput, build_model
+from kdbench.suite import EvalConfig
+from kdbench.train import fit, predict_logits
+
+EPS = 0.1
+FAST = EvalConfig(pgd_steps=10, apgd_steps=10, square_queries=200)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A small undefended CNN trained briefly on digits, and 128 test images it mostly gets right."""
+    torch.manual_seed(0)
+    data = load_data(DataConfig())
+    model = build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std))
+    cfg = type("C", (), {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 128, "schedule": "constant"})
+    x, y = data.x_train, data.y_train
+    fit(model, list(model.parameters()),
+        lambda idx, p: {"ce": torch.nn.functional.cross_entropy(model(x[idx]), y[idx])}, len(x), 8, cfg, 0, "cpu")
+    return model.eval(), data.x_test[:128], data.y_test[:128]
+
+
+def accuracy(model, x, y):
+    return (predict_logits(model, x).argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if n != "autoattack"])
+def test_attack_is_bounded_and_effective(toy, name):
+    model, x, y = toy
+    clean = accuracy(model, x, y)
+    assert clean > 0.85
+    atk = build_attack(name, model, EPS, FAST, seed=1, num_classes=10)
+    x_adv = run_attack(atk, x, y, 64, seed=1)
+    assert x_adv.shape == x.shape
+    assert (x_adv - x).abs().max().item() <= EPS + 1e-6
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert accuracy(model, x_adv, y) < clean - 0.05
+    assert not model.training  # attacks leave the model in eval mode
+
+
+def test_autoattack_is_bounded(toy):
+    model, x, y = toy
+    atk = build_attack("autoattack", model, EPS, FAST, seed=1, num_classes=10)
+    x_adv = run_attack(atk, x[:16], y[:16], 16, seed=1)
+    assert (x_adv - x[:16]).abs().max().item() <= EPS + 1e-6
+    assert 0.0 <= x_adv.min().item() and x_adv.max().item() <= 1.0
+
+
+def test_attacks_restore_training_mode(toy):
+    model, x, y = toy
+    model.train()
+    try:
+        run_attack(build_attack("pgd", model, EPS, FAST, 1, 10), x[:8], y[:8], 8, 1)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_attack_is_deterministic_for_a_seed(toy):
+    model, x, y = toy
+    a = run_attack(build_attack("pgd", model, EPS, FAST, 3, 10), x, y, 64, seed=3)
+    b = run_attack(build_attack("pgd", model, EPS, FAST, 3, 10), x, y, 64, seed=3)
+    assert torch.equal(a, b)
+
+
+def test_stronger_eps_is_not_weaker(toy):
+    model, x, y = toy
+    accs = [accuracy(model, run_attack(build_attack("pgd", model, e, FAST, 1, 10), x, y, 128, 1), y)
+            for e in (0.02, 0.1, 0.3)]
+    assert accs[0] >= accs[1] >= accs[2]
+    assert accs[2] < 0.1

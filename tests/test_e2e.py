@@ -1,0 +1,80 @@
+"""End to end: a tiny suite through the CLI, resume without retraining, and recovery from SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, run_cli
+
+
+def _records(out):
+    return {p.stem: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
+
+
+def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny_suite):
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    proc = run_cli("run", "--suite", tiny_suite, "--out", out)
+    first = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    recs = _records(out)
+    assert len(recs) == 6  # 2 teachers + 2 methods x 2 seeds
+    for job_id, r in recs.items():
+        assert r["job_id"] == job_id and r["schema"] == 1
+        m = r["metrics"]
+        for key in ("clean", "fgsm@0.1", "pgd@0.1", "apgd-dlr@0.1", "robust@0.1", "corruption/gaussian_noise/5",
+                    "mca", "sweep@0.5"):
+            assert 0.0 <= m[key] <= 1.0, key
+        # the worst case is never above any single attack
+        assert m["robust@0.1"] <= min(m["fgsm@0.1"], m["pgd@0.1"], m["apgd-dlr@0.1"], m["clean"])
+        assert r["env"]["torch"] and r["config"]["seed"] == r["seed"]
+    students = [r for r in recs.values() if r["role"] == "student"]
+    assert {r["method"] for r in students} == {"ce", "kd"}
+    assert all("transfer@0.1" in r["metrics"] for r in students if r["method"] == "kd")
+    for name in ("summary.csv", "leaderboard.md", "plots/robust_vs_clean.png", "plots/accuracy_vs_eps.png"):
+        assert (out / name).is_file(), name
+    board = (out / "leaderboard.md").read_text()
+    assert "| kd |" in board and "teacher (standard)" in board
+    assert "[job 1/6" in proc.stderr  # progress with job i/n
+    assert "robust@0.1" in proc.stdout  # ends with the summary table
+
+    # a second run skips every job and retrains nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    t1 = time.perf_counter()
+    proc2 = run_cli("run", "--suite", tiny_suite, "--out", out)
+    second = time.perf_counter() - t1
+    assert proc2.returncode == 0, proc2.stderr
+    assert "0 jobs run, 6 already done" in proc2.stdout
+    assert "training teacher" not in proc2.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")} == mtimes
+    assert second < first
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_records(tmp_path, tiny_suite):
+    ref = tmp_path / "ref"
+    assert run_cli("run", "--suite", tiny_suite, "--out", ref, "--quiet").returncode == 0
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", "--suite", str(tiny_suite), "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # wait until at least one record exists, then kill without warning
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "records").glob("*.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = list((out / "records").glob("*.json"))
+    assert 1 <= len(partial) < 6
+    for p in partial:  # every record on disk is whole
+        json.loads(p.read_text())
+
+    assert run_cli("run", "--suite", tiny_suite, "--out", out, "--quiet").returncode == 0
+    got, want = _records(out), _records(ref)
+    assert set(got) == set(want)
+    assert not list((out / "records").glob(".*.tmp"))
+    for job_id in want:  # same config, same seed, same CPU: the same numbers
+        assert got[job_id]["metrics"] == want[job_id]["metrics"], job_id

@@ -40,10 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     run.add_argument("--cache-dir", type=Path, help="teacher cache (default: $KDBENCH_CACHE or ~/.cache/kdbench)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
+    run.add_argument("--profile", action="store_true", help="print where the run's time went")
 
     ls = sub.add_parser("list", help="list datasets, models, methods, attacks, corruptions, suites")
     ls.add_argument("what", nargs="?", default="all",
                     choices=["all", "datasets", "models", "methods", "attacks", "corruptions", "suites", "flags"])
+
+    rp = sub.add_parser("reproduce", help="re-run the job of a record and compare every metric")
+    rp.add_argument("record", type=Path, help="a record JSON file (results/<suite>/records/<job_id>.json)")
+    rp.add_argument("--device", default="cpu", help="device to re-run on (default cpu)")
+    rp.add_argument("--tolerance", type=float, default=0.0,
+                    help="largest allowed absolute difference per metric (default 0: bit-for-bit)")
+    rp.add_argument("--cache-dir", type=Path,
+                    help="reuse this teacher cache (default: a fresh temporary one, so teachers are retrained)")
+    rp.add_argument("--quiet", action="store_true")
 
     lb = sub.add_parser("leaderboard", help="rebuild summary, leaderboard and plots from stored records")
     lb.add_argument("--suite", help="suite name (default: every suite under --results)")
@@ -59,13 +70,67 @@ def cmd_run(args) -> int:
     suite = with_overrides(load_suite(args.suite), args.methods, args.seeds)
     device = pick_device(args.device)
     out = args.out or Path("results") / suite.name
-    result = run_suite(suite, out, device, cache_dir=args.cache_dir, quiet=args.quiet)
+    result = run_suite(suite, out, device, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast)
+    import time
+
+    t0 = time.perf_counter()
     rep = write_reports(out, suite.name, suite.headline_eps)
+    result.profile["reporting"] = time.perf_counter() - t0
     if not args.quiet:
         print(console_table(rep["summary"], suite.headline_eps))
+    for job, reason in result.failed:
+        print(f"FAILED {job.label()} [{job.job_id}]: {reason}", file=sys.stderr)
+    if args.profile:
+        total = sum(result.profile.values())
+        print("where the time went:")
+        for key, sec in sorted(result.profile.items(), key=lambda kv: -kv[1]):
+            print(f"  {key:<24} {sec:8.1f}s  {100 * sec / max(total, 1e-9):5.1f}%")
     print(f"{result.ran} jobs run, {result.skipped} already done, {len(result.failed)} failed, "
           f"{result.seconds:.1f}s; results in {out}")
     return 1 if result.failed else 0
+
+
+def cmd_reproduce(args) -> int:
+    import json
+    import tempfile
+
+    from .records import validate_record
+    from .runner import Progress, Workspace, pick_device, run_job
+    from .suite import job_from_config
+
+    try:
+        record = json.loads(args.record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KdbenchError(f"cannot read record {str(args.record)!r}: {e}") from None
+    problem = validate_record(record) or (None if "config" in record else "it stores no job config")
+    if problem:
+        raise KdbenchError(f"{str(args.record)!r} is not a kdbench record: {problem}")
+    job = job_from_config(record["config"], record["suite"])
+    if job.job_id != record["job_id"]:
+        raise KdbenchError(f"the record's config hashes to {job.job_id}, not its job id {record['job_id']}: "
+                           "it was edited or written by an incompatible version")
+    device = pick_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
+        ws = Workspace(device, args.cache_dir or Path(tmp))
+        again = run_job(job, ws, Progress(1, args.quiet))
+    worst = 0.0
+    rows = []
+    for name in sorted(set(record["metrics"]) | set(again["metrics"])):
+        a, b = record["metrics"].get(name), again["metrics"].get(name)
+        diff = float("inf") if a is None or b is None else abs(a - b)
+        worst = max(worst, diff)
+        rows.append((name, a, b, diff))
+    bad = [r for r in rows if r[3] > args.tolerance]
+    for name, a, b, diff in bad:
+        print(f"  {name:<32} stored {a}  reproduced {b}  |diff| {diff:.3g}")
+    same_flags = sorted(record["flags"]) == sorted(again["flags"])
+    if not same_flags:
+        print(f"  flags: stored {record['flags']}  reproduced {again['flags']}")
+    env = record.get("env", {})
+    print(f"{len(rows)} metrics compared, {len(bad)} differ by more than {args.tolerance:g} (largest {worst:.3g}); "
+          f"stored on {env.get('device')} torch {env.get('torch')}, reproduced on {device} torch "
+          f"{again['env']['torch']}")
+    return 0 if not bad and same_flags else 1
 
 
 def cmd_list(args) -> int:
@@ -109,7 +174,8 @@ def cmd_leaderboard(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard,
+                "reproduce": cmd_reproduce}[args.command](args)
     except KdbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

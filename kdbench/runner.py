@@ -68,6 +68,7 @@ class Workspace:
     cache_dir: Path
     data: dict = field(default_factory=dict)
     teachers: dict = field(default_factory=dict)
+    teacher_errors: dict = field(default_factory=dict)
     transfer: dict = field(default_factory=dict)  # (teacher key, seed, eval config) -> {eps: x_adv}
     profile: dict = field(default_factory=dict)
 
@@ -103,6 +104,8 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
     key = teacher_key(cfg)
     if key in ws.teachers:
         return ws.teachers[key][1]
+    if key in ws.teacher_errors:  # trained once already in this run and failed: fail fast, same reason
+        raise ws.teacher_errors[key]
     data = ws.get_data(job.data)
     model = build_model(spec.arch, model_input(data)).to(ws.device)
     path = ws.cache_dir / "teachers" / f"{key}.pt"
@@ -117,8 +120,12 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
         model = build_model(spec.arch, model_input(data)).to(ws.device)
         objective = kind.objective(model, params, job.train)
         x, y = data.x_train, data.y_train
-        fit(model, list(model.parameters()), lambda idx, p: objective(x[idx], y[idx], p), len(x),
-            job.train.teacher_epochs, job.train, spec.seed, ws.device)
+        try:
+            fit(model, list(model.parameters()), lambda idx, p: objective(x[idx], y[idx], p), len(x),
+                job.train.teacher_epochs, job.train, spec.seed, ws.device)
+        except Exception as e:
+            ws.teacher_errors[key] = e
+            raise
         buf = io.BytesIO()
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
         atomic_write_bytes(path, buf.getvalue())
@@ -224,25 +231,62 @@ class RunResult:
     total: int
     skipped: int
     ran: int
-    failed: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (job, reason) of each failed job
     profile: dict = field(default_factory=dict)
     seconds: float = 0.0
 
 
+def failures_dir(out: Path) -> Path:
+    return Path(out) / "failures"
+
+
+def write_failure(out: Path, job: Job, error: BaseException) -> Path:
+    """A failed job leaves `failures/<job_id>.json` (reason + config) and `.log` (traceback); no record."""
+    import traceback
+
+    folder = failures_dir(out)
+    log = folder / f"{job.job_id}.log"
+    atomic_write_text(log, "".join(traceback.format_exception(error)))
+    info = {"job_id": job.job_id, "suite": job.suite, "label": job.label(),
+            "reason": f"{type(error).__name__}: {error}", "config": job.config(), "traceback": log.name,
+            "created": utc_now()}
+    path = folder / f"{job.job_id}.json"
+    atomic_write_text(path, json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | None = None, quiet: bool = False,
-              stream=None) -> RunResult:
+              stream=None, fail_fast: bool = False) -> RunResult:
+    """Run every job of `suite` whose record is not in `out` yet. A job that raises (a diverging loss, a bad
+    checkpoint, ...) is recorded under failures/ and the rest of the suite goes on (or stops, `fail_fast`)."""
+    from .safety import check_writable, results_lock
+
     t_start = time.perf_counter()
     out = Path(out)
-    jobs = suite.jobs()
-    done = {r["job_id"] for r in load_records(out)[0]}
-    todo = [j for j in jobs if j.job_id not in done]
-    progress = Progress(len(jobs), quiet, stream)
     ws = Workspace(device, Path(cache_dir) if cache_dir else default_cache_dir())
-    progress.say(f"suite {suite.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, device {device}")
-    progress.done = 0
-    for job in todo:
-        progress.job(len(jobs) - len(todo) + progress.done + 1, job.label())
-        record = run_job(job, ws, progress)
-        write_record(out, record)
-        progress.done += 1
-    return RunResult(len(jobs), len(jobs) - len(todo), len(todo), [], ws.profile, time.perf_counter() - t_start)
+    check_writable(out, "results folder")
+    check_writable(ws.cache_dir, "cache folder")
+    with results_lock(out):
+        jobs = suite.jobs()
+        done = {r["job_id"] for r in load_records(out)[0]}
+        todo = [j for j in jobs if j.job_id not in done]
+        progress = Progress(len(jobs), quiet, stream)
+        progress.say(f"suite {suite.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, device {device}")
+        failed = []
+        for job in todo:
+            progress.job(len(jobs) - len(todo) + progress.done + 1, job.label())
+            try:
+                record = run_job(job, ws, progress)
+            except Exception as e:  # noqa: BLE001 - any job error is recorded; the grid goes on
+                path = write_failure(out, job, e)
+                failed.append((job, f"{type(e).__name__}: {e}"))
+                progress.say(f"    FAILED: {type(e).__name__}: {e} (details in {path})")
+                if fail_fast:
+                    break
+            else:
+                write_record(out, record)
+                for stale in (failures_dir(out) / f"{job.job_id}.json", failures_dir(out) / f"{job.job_id}.log"):
+                    stale.unlink(missing_ok=True)
+            progress.done += 1
+    return RunResult(len(jobs), len(jobs) - len(todo), len(todo) - len(failed), failed, ws.profile,
+                     time.perf_counter() - t_start)

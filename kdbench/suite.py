@@ -334,3 +334,24 @@ def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[i
                 raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
         suite = dataclasses.replace(suite, seeds=tuple(dict.fromkeys(seeds)))
     return suite
+
+
+def job_from_config(config: dict, suite: str = "reproduce") -> Job:
+    """Rebuild the Job a record was produced by, from the `config` stored in the record (its hash must match)."""
+    from .errors import KdbenchError
+
+    try:
+        return Job(
+            suite=suite,
+            data=from_table(DataConfig, config["data"], "config.data"),
+            pair=from_table(Pair, config["pair"], "config.pair"),
+            method=config["method"],
+            params=tuple(sorted(config["params"].items())),
+            teacher_kind=config["teacher_kind"],
+            seed=config["seed"],
+            train=from_table(TrainConfig, config["train"], "config.train"),
+            eval=from_table(EvalConfig, config["eval"], "config.eval"),
+            headline_eps=config["headline_eps"],
+        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise KdbenchError(f"the record's config is incomplete or malformed ({type(e).__name__}: {e})") from None

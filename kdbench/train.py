@@ -61,7 +61,7 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
             losses = step_losses(idx, step / total)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1}, step {b + 1} ({terms})")
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,187 @@
+"""Failing jobs, the results-folder lock, pre-flight checks, safe checkpoint loading and `reproduce`."""
+
+import json
+import os
+import pickle
+import shutil
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_SUITE, run_cli
+from kdbench.__main__ import main
+from kdbench.errors import KdbenchError
+from kdbench.methods import METHODS, Distiller
+from kdbench.runner import load_state_dict
+from kdbench.safety import results_lock
+
+
+class _Explodes(Distiller):
+    """Raises on the first step."""
+
+    teacher_kind = None
+    uses_teacher_logits = False
+
+    def losses(self, batch):
+        raise RuntimeError("boom")
+
+
+class _Diverges(Distiller):
+    """Loss is NaN."""
+
+    teacher_kind = None
+    uses_teacher_logits = False
+
+    def losses(self, batch):
+        return {"nan": self.student(batch.x).sum() * float("nan")}
+
+
+@pytest.fixture
+def broken_methods():
+    METHODS.add("test-explodes", _Explodes)
+    METHODS.add("test-diverges", _Diverges)
+    yield
+    for name in ("test-explodes", "test-diverges"):
+        del METHODS._entries[name]
+
+
+def _suite_file(tmp_path, methods: str, seeds="[1]") -> Path:
+    doc = TINY_SUITE.replace("[methods]\nce = {}\nkd = {}", f"[methods]\n{methods}").replace("seeds = [1, 2]",
+                                                                                            f"seeds = {seeds}")
+    path = tmp_path / "suite.toml"
+    path.write_text(doc)
+    return path
+
+
+def test_failed_jobs_are_recorded_and_the_rest_completes(tmp_path, broken_methods, capsys):
+    suite = _suite_file(tmp_path, 'test-explodes = {}\nce = {}\ntest-diverges = {}')
+    out = tmp_path / "out"
+    rc = main(["run", "--suite", str(suite), "--out", str(out), "--quiet"])
+    assert rc == 1
+    records = list((out / "records").glob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["method"] == "ce"
+    failures = sorted((out / "failures").glob("*.json"))
+    reasons = sorted(json.loads(p.read_text())["reason"] for p in failures)
+    assert len(reasons) == 2
+    assert reasons[0].startswith("RuntimeError: boom")
+    assert reasons[1].startswith("TrainingDiverged: loss is not finite")
+    for p in failures:
+        info = json.loads(p.read_text())
+        assert info["config"]["method"].startswith("test-")
+        assert "Traceback" in (out / "failures" / info["traceback"]).read_text()
+    captured = capsys.readouterr()
+    assert "2 failed" in captured.out and "FAILED test-explodes" in captured.err
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path, broken_methods):
+    suite = _suite_file(tmp_path, 'test-explodes = {}\nce = {}')
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--quiet", "--fail-fast"]) == 1
+    assert not list((out / "records").glob("*.json"))
+    assert len(list((out / "failures").glob("*.json"))) == 1
+
+
+def test_a_second_run_on_a_locked_folder_exits_with_a_clear_message(tmp_path, tiny_suite):
+    out = tmp_path / "out"
+    out.mkdir()
+    with results_lock(out):  # this process holds the lock; the CLI is another process
+        proc = run_cli("run", "--suite", tiny_suite, "--out", out, "--quiet")
+    assert proc.returncode == 2
+    assert "is in use by another kdbench run" in proc.stderr and str(os.getpid()) in proc.stderr
+    assert not (out / "records").exists()
+
+
+def test_lock_is_released_when_the_holder_exits(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with results_lock(out):
+        pass
+    with results_lock(out):  # re-acquirable
+        pass
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path, tiny_suite):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    t0 = time.perf_counter()
+    proc = run_cli("run", "--suite", tiny_suite, "--out", blocker / "out", "--quiet")
+    assert proc.returncode == 2
+    assert "is not writable" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "cache" / "teachers").exists()
+
+
+def test_full_output_folder_fails_before_training(tmp_path, tiny_suite, monkeypatch, capsys):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
+    assert main(["run", "--suite", str(tiny_suite), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "MiB free" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "records").exists()
+
+
+class _Payload:
+    """Unpickling this runs os.system: a checkpoint must never be unpickled with code execution."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused_and_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": _Payload(marker)}, f)
+    torch.save({"weight": _Payload(marker)}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(KdbenchError, match="cannot load checkpoint"):
+            load_state_dict(p, "cpu")
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(100)}, good)
+    assert torch.equal(load_state_dict(good, "cpu")["w"], torch.ones(100))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:50])
+    with pytest.raises(KdbenchError, match="cannot load checkpoint"):
+        load_state_dict(bad, "cpu")
+
+
+def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
+    suite = _suite_file(tmp_path, "kd = {}")
+    out = tmp_path / "out"
+    assert run_cli("run", "--suite", suite, "--out", out, "--quiet").returncode == 0
+    record = next(p for p in (out / "records").glob("*.json") if json.loads(p.read_text())["role"] == "student")
+    proc = run_cli("reproduce", record, "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 differ" in proc.stdout
+
+    # a tampered number is caught
+    doc = json.loads(record.read_text())
+    doc["metrics"]["clean"] = doc["metrics"]["clean"] - 0.01
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(doc))
+    proc = run_cli("reproduce", tampered, "--quiet")
+    assert proc.returncode == 1 and "clean" in proc.stdout
+
+    # an edited config no longer matches its job id
+    doc = json.loads(record.read_text())
+    doc["config"]["seed"] = 99
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    proc = run_cli("reproduce", edited, "--quiet")
+    assert proc.returncode == 2 and "hashes to" in proc.stderr
+
+
+def test_reproduce_rejects_a_non_record(tmp_path):
+    junk = tmp_path / "junk.json"
+    junk.write_text("{\"hello\": 1}")
+    proc = run_cli("reproduce", junk)
+    assert proc.returncode == 2 and "not a kdbench record" in proc.stderr

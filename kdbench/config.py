@@ -85,6 +85,10 @@ def from_table(cls, table: Any, where: str):
         if key not in fields:
             raise unknown_key_error(where, key, fields)
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise KdbenchError(f"{where} is missing required key(s): {', '.join(missing)}")
     return cls(**kwargs)
 
 

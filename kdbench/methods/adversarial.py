@@ -32,7 +32,7 @@ class AdversarialDistiller(Distiller):
 
 @register_method("ard")
 class ARD(AdversarialDistiller):
-    """Adversarially Robust Distillation (Goldblum et al. 2020, "Adversarially Robust Distillation").
+    """Adversarially Robust Distillation, ARD (Goldblum et al. 2020): KD on the student's PGD examples.
 
     x' = argmax_{||x' - x||_inf <= eps} KL(softmax(t(x)) || softmax(s(x')))          (PGD, inner = "kl")
     loss = alpha * T^2 * KL(softmax(t(x)/T) || softmax(s(x')/T)) + (1 - alpha) * CE(s(x), y)
@@ -59,8 +59,9 @@ class ARD(AdversarialDistiller):
 
 @register_method("rslad")
 class RSLAD(AdversarialDistiller):
-    """Robust Soft Label Adversarial Distillation (Zi et al. 2021, "Revisiting Adversarial Robustness
-    Distillation: Robust Soft Labels Make Student Better"). No hard labels anywhere.
+    """Robust Soft Label Adversarial Distillation, RSLAD (Zi et al. 2021): robust soft labels, no hard labels.
+
+    Zi et al. 2021, "Revisiting Adversarial Robustness Distillation: Robust Soft Labels Make Student Better".
 
     x' = argmax_{||x' - x||_inf <= eps} KL(softmax(t(x)) || softmax(s(x')))
     loss = 5/6 * KL(softmax(t(x)) || softmax(s(x'))) + 1/6 * KL(softmax(t(x)) || softmax(s(x)))

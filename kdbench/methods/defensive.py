@@ -9,8 +9,10 @@ from .base import Batch, Distiller, TeacherSpec, register_method
 
 @register_method("defensive")
 class DefensiveDistillation(Distiller):
-    """Defensive distillation (Papernot et al. 2016, "Distillation as a Defense to Adversarial Perturbations
-    against Deep Neural Networks"). The teacher is trained with softmax at temperature T (teacher kind
+    """Defensive distillation at temperature T, deployed at T = 1 (Papernot et al. 2016); masks gradients.
+
+    Papernot et al. 2016, "Distillation as a Defense to Adversarial Perturbations against Deep Neural
+    Networks". The teacher is trained with softmax at temperature T (teacher kind
     `defensive`); the student is trained on the teacher's T-softened labels at the same T and deployed at
     T = 1 (its raw logits), which saturates the softmax and masks CE gradients (Carlini & Wagner 2016,
     "Defensive Distillation is Not Robust to Adversarial Examples"). The evaluation exposes it.

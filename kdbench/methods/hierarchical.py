@@ -50,7 +50,7 @@ class FeatureDistiller(Distiller):
 
 @register_method("hierarchical")
 class FitNets(FeatureDistiller):
-    """FitNets hints at several depths (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets") plus KD.
+    """Layer-wise FitNets hints at several depths plus KD (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets").
 
     loss = beta * sum_k mean (r_k(s_k) - t_k)^2 + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE
     where s_k, t_k are the student's and teacher's k-th stage outputs and r_k a learned 1x1-conv regressor
@@ -84,7 +84,7 @@ def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
 @register_method("attention")
 class AttentionTransfer(FeatureDistiller):
-    """Attention transfer (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention") at several depths.
+    """Attention transfer at several depths (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention").
 
     loss = beta * sum_k mean (at(s_k) - at(t_k))^2 + alpha * T^2 * KL(..) + (1 - alpha) * CE(s, y),
     at(f) = normalize(mean_c f_c^p) over spatial positions; beta = 1000 and p = 2 as in the authors' code,

@@ -12,9 +12,10 @@ MEMBER_SEED_STRIDE = 1000  # member k of a job with seed s is trained with seed 
 
 @register_method("multi-teacher")
 class MultiTeacher(Distiller):
-    """Multi-teacher KD: the student matches the average of the teachers' temperature-softened probabilities
-    (ensemble distillation, e.g. Hinton et al. 2015 sec. 2; You et al. 2017, "Learning from Multiple Teacher
-    Networks").
+    """Multi-teacher KD: match the average of several teachers' softened probabilities (You et al. 2017).
+
+    Ensemble distillation as in Hinton et al. 2015 (sec. 2) and You et al. 2017 ("Learning from Multiple
+    Teacher Networks").
 
     loss = alpha * T^2 * KL(mean_k softmax(t_k/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
     Teachers: `members` teachers of the pair's architecture with seeds s, s + 1000, s + 2000, ...

@@ -10,8 +10,9 @@ from .base import Batch, Distiller, kd_loss, register_method
 
 @register_method("noise-kd")
 class NoiseKD(Distiller):
-    """KD on Gaussian-noise-augmented batches: teacher and student see the same noisy input
-    x~ = clip(x + sigma * N(0, I), 0, 1) (noise augmentation for corruption robustness, cf. Rusak et al. 2020,
+    """KD on Gaussian-noise-augmented batches, teacher and student on the same noisy input (cf. Rusak et al. 2020).
+
+    x~ = clip(x + sigma * N(0, I), 0, 1): noise augmentation for corruption robustness (Rusak et al. 2020,
     "A Simple Way to Make Neural Networks Robust Against Diverse Image Corruptions").
 
     loss = alpha * T^2 * KL(softmax(t(x~)/T) || softmax(s(x~)/T)) + (1 - alpha) * CE(s(x~), y)

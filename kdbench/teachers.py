@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
 import torch.nn.functional as F
 import torchattacks
 

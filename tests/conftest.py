@@ -62,3 +62,23 @@ def run_cli(*args, cwd=None, timeout=300):
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "kdbench", *map(str, args)], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model():
+    """A small undefended CNN trained briefly on digits (CE, 10 epochs), in eval mode, and the digits data."""
+    import torch
+
+    from kdbench.data import DataConfig, load_data
+    from kdbench.models import ModelInput, build_model
+    from kdbench.train import fit
+
+    torch.manual_seed(0)
+    data = load_data(DataConfig())
+    model = build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std))
+    cfg = type("Cfg", (), {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 128,
+                           "schedule": "constant"})
+    x, y = data.x_train, data.y_train
+    fit(model, list(model.parameters()),
+        lambda idx, p: {"ce": torch.nn.functional.cross_entropy(model(x[idx]), y[idx])}, len(x), 10, cfg, 0, "cpu")
+    return model.eval(), data

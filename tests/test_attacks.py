@@ -4,26 +4,18 @@ import pytest
 import torch
 
 from kdbench.attacks import ATTACKS, build_attack, run_attack
-from kdbench.data import DataConfig, load_data
-from kdbench.models import ModelInput, build_model
 from kdbench.suite import EvalConfig
-from kdbench.train import fit, predict_logits
+from kdbench.train import predict_logits
 
 EPS = 0.1
 FAST = EvalConfig(pgd_steps=10, apgd_steps=10, square_queries=200)
 
 
 @pytest.fixture(scope="module")
-def toy():
-    """A small undefended CNN trained briefly on digits, and 128 test images it mostly gets right."""
-    torch.manual_seed(0)
-    data = load_data(DataConfig())
-    model = build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std))
-    cfg = type("C", (), {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 128, "schedule": "constant"})
-    x, y = data.x_train, data.y_train
-    fit(model, list(model.parameters()),
-        lambda idx, p: {"ce": torch.nn.functional.cross_entropy(model(x[idx]), y[idx])}, len(x), 8, cfg, 0, "cpu")
-    return model.eval(), data.x_test[:128], data.y_test[:128]
+def toy(trained_digits_model):
+    """The undefended digits CNN and 128 test images it mostly gets right."""
+    model, data = trained_digits_model
+    return model, data.x_test[:128], data.y_test[:128]
 
 
 def accuracy(model, x, y):

@@ -5,12 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.data import DataConfig, load_data
 from kdbench.evaluate import evaluate, worst_case
-from kdbench.models import ModelInput, build_model
 from kdbench.sanity import FLAGS, compute_flags
 from kdbench.suite import EvalConfig
-from kdbench.train import fit
 
 
 def test_worst_case_hand_built():
@@ -76,15 +73,9 @@ class Saturated(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def trained():
-    torch.manual_seed(0)
-    data = load_data(DataConfig())
-    model = build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std))
-    cfg = type("C", (), {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 128, "schedule": "constant"})
-    x, y = data.x_train, data.y_train
-    fit(model, list(model.parameters()),
-        lambda idx, p: {"ce": nn.functional.cross_entropy(model(x[idx]), y[idx])}, len(x), 10, cfg, 0, "cpu")
-    return model.eval(), data.x_test[:200], data.y_test[:200]
+def trained(trained_digits_model):
+    model, data = trained_digits_model
+    return model, data.x_test[:200], data.y_test[:200]
 
 
 EV = EvalConfig(attacks=("fgsm", "pgd", "apgd-dlr"), eps=(0.1,), pgd_steps=10, apgd_steps=20,

@@ -59,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="rebuild summary, leaderboard and plots from stored records")
     lb.add_argument("--suite", help="suite name (default: every suite under --results)")
     lb.add_argument("--results", type=Path, default=Path("results"), help="folder holding <suite>/records")
+    lb.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="DIR",
+                    help="merge the records of these result folders into results/<suite> first (identical job "
+                         "ids are de-duplicated; a job id with different numbers is a conflict: nothing is "
+                         "written, exit 1)")
+
+    ck = sub.add_parser("check", help="compare a suite's results with its stored baseline (exit 1 on regression)")
+    ck.add_argument("--suite", default="robustness", help="a built-in suite name or a .toml file")
+    ck.add_argument("--results", type=Path, default=Path("results"), help="folder holding <suite>/")
+    ck.add_argument("--update-baseline", action="store_true", help="write baseline.json from the current results")
+    ck.add_argument("--run", action="store_true", help="run the suite first (resuming from stored records)")
+    ck.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                    help="absolute tolerance for a metric or glob, e.g. 'robust@*=0.05' (repeatable)")
+    ck.add_argument("--k", type=float, help="tolerance multiplier of the baseline's standard error (default 3)")
+    ck.add_argument("--floor", type=float, help="smallest tolerance (default 0.02)")
+    ck.add_argument("--device", default="auto")
+    ck.add_argument("--cache-dir", type=Path)
+    ck.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -157,9 +174,19 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    from .merge import merge_into
     from .report import write_reports
 
     root = args.results
+    if args.sources:
+        if not args.suite:
+            raise KdbenchError("--from needs --suite: the suite whose results folder receives the merged records")
+        conflicts = merge_into(root / args.suite, args.sources)
+        if conflicts:
+            for c in conflicts:
+                print(f"conflict: {c}", file=sys.stderr)
+            print(f"{len(conflicts)} conflicting record(s): nothing was merged or written", file=sys.stderr)
+            return 1
     folders = [root / args.suite] if args.suite else sorted(p.parent for p in root.glob("*/records"))
     if not folders or not all((f / "records").is_dir() for f in folders):
         raise KdbenchError(f"no records found under {str(root)!r}" + (f" for suite {args.suite!r}" if args.suite else ""))
@@ -167,15 +194,63 @@ def cmd_leaderboard(args) -> int:
         rep = write_reports(folder)
         for b in rep["bad"]:
             print(f"warning: skipped damaged record {b.path}: {b.reason}", file=sys.stderr)
-        print(f"{folder}: {rep['records']} records -> summary.csv, leaderboard.md, {len(rep['plots'])} plots")
+        print(f"{folder}: {rep['records']} records -> summary.csv, leaderboard.md, leaderboard.html, "
+              f"{len(rep['plots'])} plots")
     return 0
+
+
+def cmd_check(args) -> int:
+    import dataclasses
+
+    from .check import baseline_from_summary, compare, format_table, load_baseline, parse_overrides
+    from .records import atomic_write_text, load_records
+    from .report import summarize, write_reports
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    folder = args.results / suite.name
+    cfg = suite.check
+    cfg = dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
+                              **{k: v for k, v in (("k", args.k), ("floor", args.floor)) if v is not None})
+    if args.run:
+        from .runner import pick_device, run_suite
+
+        result = run_suite(suite, folder, pick_device(args.device), cache_dir=args.cache_dir, quiet=args.quiet)
+        write_reports(folder, suite.name, suite.headline_eps)
+        if result.failed:
+            print(f"{len(result.failed)} job(s) failed: see {folder / 'failures'}", file=sys.stderr)
+            return 1
+    records, bad = load_records(folder)
+    if bad:
+        for b in bad:
+            print(f"damaged record {b.path}: {b.reason}", file=sys.stderr)
+        return 1
+    if not records:
+        raise KdbenchError(f"no records for suite {suite.name!r} under {str(folder)!r}; run it first (or use --run)")
+    current = baseline_from_summary(summarize(records), suite.name, suite.headline_eps)
+    path = folder / "baseline.json"
+    if args.update_baseline:
+        import json
+
+        atomic_write_text(path, json.dumps(current, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {path} ({len(current['rows'])} rows)")
+        return 0
+    table = compare(load_baseline(path), current, cfg)
+    print(format_table(table))
+    regressed = table[table["status"] == "regressed"]
+    improved = table[table["status"] == "improved"]
+    for _, r in regressed.iterrows():
+        print(f"REGRESSION {r['row']}: {r['metric']}", file=sys.stderr)
+    print(f"{len(table)} checks: {len(table) - len(regressed) - len(improved)} ok, {len(regressed)} regressed, "
+          f"{len(improved)} improved" + (" (update the baseline on purpose: --update-baseline)" if len(improved) else ""))
+    return 1 if len(regressed) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard,
-                "reproduce": cmd_reproduce}[args.command](args)
+                "reproduce": cmd_reproduce, "check": cmd_check}[args.command](args)
     except KdbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

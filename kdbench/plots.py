@@ -62,7 +62,7 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
                     label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
-    ax.set_title(f"Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")
+    ax.set_title("Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     _save(fig, path)
@@ -90,13 +90,79 @@ def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def _corruption_names(summary: pd.DataFrame) -> list[str]:
+    names = []
+    for col in summary.columns:
+        m = re.fullmatch(r"corruption/([^/]+)/([1-5]):mean", col)
+        if m and m.group(1) not in names:
+            names.append(m.group(1))
+    return names
+
+
+def accuracy_vs_severity(summary: pd.DataFrame, path: Path) -> None:
+    """One panel per corruption: accuracy (mean ± std over seeds) against severity, a line per row."""
+    names = _corruption_names(summary)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    styles = _styles(summary)
+    for ax, name in zip(axes.flat, names):
+        for idx, r in summary.iterrows():
+            sev = [s for s in range(1, 6) if f"corruption/{name}/{s}:mean" in r
+                   and not pd.isna(r[f"corruption/{name}/{s}:mean"])]
+            xs = [0] + sev
+            ys = [100 * r["clean:mean"]] + [100 * r[f"corruption/{name}/{s}:mean"] for s in sev]
+            sd = [100 * r["clean:std"]] + [100 * r[f"corruption/{name}/{s}:std"] for s in sev]
+            st = styles[idx]
+            ax.errorbar(xs, ys, yerr=sd, ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
+                        label=st["label"])
+        ax.set_title(name.replace("_", " "))
+        ax.set_xticks(range(0, 6))
+        ax.set_xlabel("severity (0 = clean)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.98), frameon=False)
+    fig.suptitle("Accuracy vs corruption severity (CIFAR-10-C constants; mean ± std over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def robustness_vs_size(summary: pd.DataFrame, path: Path, headline_eps: float) -> None:
+    """Worst-case robust accuracy against student size, a line per method (suites with several students)."""
+    e = f"{headline_eps:g}"
+    students = summary[summary["role"] == "student"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    cmap = plt.get_cmap("tab20")
+    for i, (label, g) in enumerate(students.groupby("label", sort=True)):
+        g = g.sort_values("model_params")
+        ax.errorbar(g["model_params"], 100 * g[f"robust@{e}:mean"], yerr=100 * g[f"robust@{e}:std"], marker="o",
+                    capsize=3, color=cmap(i % 20), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters (log scale)")
+    ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
+    ax.set_title("Robustness vs student size (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
 def write_plots(summary: pd.DataFrame, folder: Path, headline_eps: float) -> list[Path]:
     folder = Path(folder)
     written = []
     if summary.empty:
         return written
-    for name, fn in (("robust_vs_clean.png", lambda p: robust_vs_clean(summary, p, headline_eps)),
-                     ("accuracy_vs_eps.png", lambda p: accuracy_vs_eps(summary, p))):
+    todo = [("robust_vs_clean.png", lambda p: robust_vs_clean(summary, p, headline_eps)),
+            ("accuracy_vs_eps.png", lambda p: accuracy_vs_eps(summary, p))]
+    if _corruption_names(summary):
+        todo.append(("accuracy_vs_severity.png", lambda p: accuracy_vs_severity(summary, p)))
+    students = summary[summary["role"] == "student"]
+    if students["model_params"].nunique() > 1 and f"robust@{headline_eps:g}:mean" in summary:
+        todo.append(("robustness_vs_size.png", lambda p: robustness_vs_size(summary, p, headline_eps)))
+    for name, fn in todo:
         fn(folder / name)
         written.append(folder / name)
     return written

@@ -111,7 +111,7 @@ def _table_row(rank: str, r: dict, base, e: str) -> dict:
         "rank": rank,
         "method": r["label"],
         f"robust@{e}": _cell(r, f"robust@{e}"),
-        f"Δ vs ce": _delta_vs_ce(r, base, f"robust@{e}"),
+        "Δ vs ce": _delta_vs_ce(r, base, f"robust@{e}"),
         "clean": _cell(r, "clean"),
         f"pgd@{e}": _cell(r, f"pgd@{e}"),
         f"apgd-dlr@{e}": _cell(r, f"apgd-dlr@{e}"),
@@ -130,25 +130,32 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float) -> str:
+def intro(headline_eps: float) -> str:
     e = fmt_eps(headline_eps)
-    parts = [f"# kdbench leaderboard: {suite}", "",
-             f"Ranked by `robust@{e}`: per-example worst case over every attack run at eps = {e} (L-inf, [0, 1] "
-             "pixel scale). Cells are mean ± std over seeds, in % accuracy. `Δ vs ce` is the difference in "
-             "robust accuracy to the `ce` student (no teacher), in points; `≈` marks a difference within seed "
-             "noise (the two 95% confidence intervals overlap). `ref` rows are the teachers. Flags: sanity checks "
-             "that distrust a number (fired on n of the seeds); see the README.", ""]
+    return (f"Ranked by robust@{e}: per-example worst case over every attack run at eps = {e} (L-inf, [0, 1] "
+            "pixel scale). Cells are mean ± std over seeds, in % accuracy. 'Δ vs ce' is the difference in "
+            "robust accuracy to the ce student (no teacher), in points; '≈' marks a difference within seed "
+            "noise (the two 95% confidence intervals overlap). 'ref' rows are the teachers. Flags: sanity checks "
+            "that distrust a number (fired on n of the seeds); see the README.")
+
+
+def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float) -> str:
+    parts = [f"# kdbench leaderboard: {suite}", "", intro(headline_eps), ""]
     for title, table in leaderboard_tables(summary, headline_eps):
         parts += [f"## {title}", "", to_markdown(table), ""]
     return "\n".join(parts)
 
 
-def write_reports(out: Path, suite: str | None = None, headline_eps: float | None = None) -> dict:
-    """Rebuild summary.csv, leaderboard.md and plots/ under `out` from its records."""
+def write_reports(out: Path, suite: str | None = None, headline_eps: float | None = None,
+                  records: list[dict] | None = None) -> dict:
+    """Rebuild summary.csv, leaderboard.md, leaderboard.html and plots/ under `out` from its records."""
     from . import plots
+    from .html_report import leaderboard_html
 
     out = Path(out)
-    records, bad = load_records(out)
+    bad = []
+    if records is None:
+        records, bad = load_records(out)
     if suite is None:
         suite = records[0]["suite"] if records else out.name
     if headline_eps is None:
@@ -158,6 +165,8 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(summary, suite, headline_eps))
     written = plots.write_plots(summary, out / "plots", headline_eps)
+    page = leaderboard_html(leaderboard_tables(summary, headline_eps), suite, intro(headline_eps), written)
+    atomic_write_text(out / "leaderboard.html", page)
     return {"records": len(records), "bad": bad, "summary": summary, "plots": written, "headline_eps": headline_eps}
 
 

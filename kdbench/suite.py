@@ -11,12 +11,13 @@ import dataclasses
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .attacks import ATTACKS
+from .check import CheckConfig
 from .config import check_params, from_table, unknown_key_error
 from .corruptions import CORRUPTIONS
 from .data import DATASETS, DataConfig
@@ -89,6 +90,7 @@ class Suite:
     eval: EvalConfig
     headline_eps: float
     source: str = ""
+    check: CheckConfig = field(default_factory=CheckConfig)
 
     def jobs(self) -> list["Job"]:
         """Teacher reference jobs first, then students: (pair, method, seed) in file order."""
@@ -158,7 +160,8 @@ class Job:
 
 # ---- loading ----------------------------------------------------------------------------------------------
 
-SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps"}
+SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
+              "check"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -290,7 +293,13 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
         raise KdbenchError(f"headline_eps {headline!r} must be one of eval.eps: {', '.join(map(str, ev.eps))}")
 
     methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}))
-    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source)
+    check = from_table(CheckConfig, doc.get("check"), "check")
+    for key, tol in check.tolerance.items():
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            raise KdbenchError(f"check.tolerance.{key} must be a number >= 0, got {tol!r}")
+    if not check.k >= 0 or not check.floor >= 0:
+        raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
+    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check)
 
 
 def parse_methods(table: Any) -> tuple[MethodRun, ...]:

@@ -82,3 +82,20 @@ def trained_digits_model():
     fit(model, list(model.parameters()),
         lambda idx, p: {"ce": torch.nn.functional.cross_entropy(model(x[idx]), y[idx])}, len(x), 10, cfg, 0, "cpu")
     return model.eval(), data
+
+
+def run_main(*args):
+    """Run the CLI in this process (fast: no interpreter start-up); returns an object like CompletedProcess."""
+    import contextlib
+    import io
+    import subprocess
+
+    from kdbench.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())

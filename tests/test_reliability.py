@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_SUITE, run_cli
+from conftest import TINY_SUITE, run_cli, run_main
 from kdbench.__main__ import main
 from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS, Distiller
@@ -158,7 +158,7 @@ def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
     out = tmp_path / "out"
     assert run_cli("run", "--suite", suite, "--out", out, "--quiet").returncode == 0
     record = next(p for p in (out / "records").glob("*.json") if json.loads(p.read_text())["role"] == "student")
-    proc = run_cli("reproduce", record, "--quiet")
+    proc = run_main("reproduce", record, "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 differ" in proc.stdout
 
@@ -167,7 +167,7 @@ def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
     doc["metrics"]["clean"] = doc["metrics"]["clean"] - 0.01
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(doc))
-    proc = run_cli("reproduce", tampered, "--quiet")
+    proc = run_main("reproduce", tampered, "--quiet")
     assert proc.returncode == 1 and "clean" in proc.stdout
 
     # an edited config no longer matches its job id
@@ -175,12 +175,12 @@ def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
     doc["config"]["seed"] = 99
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(doc))
-    proc = run_cli("reproduce", edited, "--quiet")
+    proc = run_main("reproduce", edited, "--quiet")
     assert proc.returncode == 2 and "hashes to" in proc.stderr
 
 
 def test_reproduce_rejects_a_non_record(tmp_path):
     junk = tmp_path / "junk.json"
     junk.write_text("{\"hello\": 1}")
-    proc = run_cli("reproduce", junk)
+    proc = run_main("reproduce", junk)
     assert proc.returncode == 2 and "not a kdbench record" in proc.stderr

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TINY_SUITE, run_cli
+from conftest import TINY_SUITE, run_cli, run_main
 from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS
 from kdbench.suite import load_suite, parse_suite, with_overrides
@@ -72,7 +72,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, snippet, must
     path = tmp_path / "tiny.toml"
     path.write_text(_replace_section(TINY_SUITE, snippet))
     out = tmp_path / "out"
-    proc = run_cli("run", "--suite", path, "--out", out, "--quiet")
+    proc = run_main("run", "--suite", path, "--out", out, "--quiet")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -110,18 +110,18 @@ def test_unknown_builtin_suite_lists_the_valid_ones(tmp_path):
 
 
 def test_missing_suite_file(tmp_path):
-    proc = run_cli("run", "--suite", tmp_path / "nope.toml", "--quiet")
+    proc = run_main("run", "--suite", tmp_path / "nope.toml", "--quiet")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
 def test_cli_seeds_below_one_rejected(tmp_path, tiny_suite):
-    proc = run_cli("run", "--suite", tiny_suite, "--seeds", "0", "--out", tmp_path / "o", "--quiet")
+    proc = run_main("run", "--suite", tiny_suite, "--seeds", "0", "--out", tmp_path / "o", "--quiet")
     assert proc.returncode == 2 and "seed 0" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_unknown_method_override(tmp_path, tiny_suite):
-    proc = run_cli("run", "--suite", tiny_suite, "--methods", "kd,bogus", "--out", tmp_path / "o", "--quiet")
+    proc = run_main("run", "--suite", tiny_suite, "--methods", "kd,bogus", "--out", tmp_path / "o", "--quiet")
     assert proc.returncode == 2 and "unknown method 'bogus'" in proc.stderr and "rslad" in proc.stderr
 
 

@@ -1,0 +1,109 @@
+"""leaderboard.html: the leaderboard tables, self-contained (inline CSS and JS, plots embedded as base64 PNG),
+with sortable columns. Opens from disk in any browser; needs no network.
+
+Opening it with `#selftest=<column>` in the URL makes it click that column's header twice and write the
+resulting row orders (label=sort value) and any script errors into the page (used by the headless-browser
+test).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import pandas as pd
+
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0 2em; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+td:nth-child(2), th:nth-child(2), td:last-child { text-align: left; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; }
+th.asc::after { content: " \\25B2"; } th.desc::after { content: " \\25BC"; }
+tr.ref td { color: #555; font-style: italic; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0 1.5em; }
+p.note { max-width: 60em; }
+"""
+
+SCRIPT = """
+window.kdbenchErrors = [];
+window.addEventListener('error', function (e) { window.kdbenchErrors.push(String(e.message)); });
+function sortTable(th) {
+  var table = th.closest('table'), body = table.tBodies[0];
+  var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+  var asc = !th.classList.contains('asc');
+  Array.prototype.forEach.call(th.parentNode.children, function (h) { h.classList.remove('asc', 'desc'); });
+  th.classList.add(asc ? 'asc' : 'desc');
+  var rows = Array.prototype.slice.call(body.rows);
+  rows.sort(function (a, b) {
+    var x = a.cells[col].getAttribute('data-sort'), y = b.cells[col].getAttribute('data-sort');
+    var nx = parseFloat(x), ny = parseFloat(y);
+    var cmp;
+    if (isNaN(nx) && isNaN(ny)) cmp = x.localeCompare(y);
+    else if (isNaN(nx)) return 1; else if (isNaN(ny)) return -1; else cmp = nx - ny;
+    return asc ? cmp : -cmp;
+  });
+  rows.forEach(function (r) { body.appendChild(r); });
+}
+document.addEventListener('DOMContentLoaded', function () {
+  document.querySelectorAll('th').forEach(function (th) {
+    th.addEventListener('click', function () { sortTable(th); });
+  });
+  if (location.hash.indexOf('#selftest') === 0) {
+    var wanted = decodeURIComponent(location.hash.slice('#selftest'.length + 1));
+    var th = Array.prototype.filter.call(document.querySelectorAll('th[data-sortable]'),
+                                         function (h) { return h.textContent === wanted; })[0]
+             || document.querySelector('th[data-sortable]');
+    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var order = function () {
+      return Array.prototype.map.call(th.closest('table').tBodies[0].rows, function (r) {
+        return r.cells[1].textContent + '=' + r.cells[col].getAttribute('data-sort'); });
+    };
+    var before = order(); th.click(); var first = order(); th.click(); var second = order();
+    var out = document.createElement('pre');
+    out.id = 'selftest';
+    out.textContent = JSON.stringify({column: th.textContent, before: before, first: first, second: second,
+                                      errors: window.kdbenchErrors});
+    document.body.appendChild(out);
+  }
+});
+"""
+
+
+def sort_key(cell: str) -> str:
+    """The number a cell sorts by (the mean of 'mean ± std', a delta, a count), or its text."""
+    m = _NUMBER.search(cell or "")
+    if m:
+        return m.group(0).replace(",", "")
+    return cell or ""
+
+
+def table_html(df: pd.DataFrame) -> str:
+    head = "".join(f'<th data-sortable="1">{html.escape(str(c))}</th>' for c in df.columns)
+    rows = []
+    for _, row in df.iterrows():
+        cls = ' class="ref"' if str(row.get("rank")) == "ref" else ""
+        cells = "".join(f'<td data-sort="{html.escape(sort_key(str(v)))}">{html.escape(str(v))}</td>'
+                        for v in row.values)
+        rows.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def leaderboard_html(tables: list[tuple[str, pd.DataFrame]], suite: str, intro: str, plots: list[Path]) -> str:
+    parts = [f"<h1>kdbench leaderboard: {html.escape(suite)}</h1>", f'<p class="note">{html.escape(intro)}</p>']
+    for title, df in tables:
+        parts += [f"<h2>{html.escape(title)}</h2>", table_html(df)]
+    if plots:
+        parts.append("<h2>Plots</h2>")
+    for p in plots:
+        data = base64.b64encode(Path(p).read_bytes()).decode()
+        parts.append(f'<h3>{html.escape(Path(p).stem.replace("_", " "))}</h3>'
+                     f'<img alt="{html.escape(Path(p).stem)}" src="data:image/png;base64,{data}">')
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>kdbench leaderboard: {html.escape(suite)}</title><style>{STYLE}</style>"
+            f"<script>{SCRIPT}</script></head><body>{''.join(parts)}</body></html>\n")
+

@@ -1,0 +1,212 @@
+"""`leaderboard` rebuilds every report from records alone, merges result folders, reports damaged records;
+`check` guards the numbers against a stored baseline. Uses the committed records of the default suite."""
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_main as run_cli
+
+RECORDS = ROOT / "results" / "robustness" / "records"
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A copy of the default suite's records in a fresh results root: <tmp>/results/robustness/records."""
+    root = tmp_path / "results"
+    shutil.copytree(RECORDS, root / "robustness" / "records")
+    return root
+
+
+def _strip_images(html: str) -> str:
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png;base64,...", html)
+
+
+def test_leaderboard_recreates_reports_identically(results):
+    folder = results / "robustness"
+    assert run_cli("leaderboard", "--suite", "robustness", "--results", results).returncode == 0
+    before = {name: (folder / name).read_text() for name in ("summary.csv", "leaderboard.md", "leaderboard.html")}
+    plots = sorted(p.name for p in (folder / "plots").glob("*.png"))
+    assert {"robust_vs_clean.png", "accuracy_vs_eps.png", "accuracy_vs_severity.png"} <= set(plots)
+    for name in ("summary.csv", "leaderboard.md", "leaderboard.html"):
+        (folder / name).unlink()
+    shutil.rmtree(folder / "plots")
+    proc = run_cli("leaderboard", "--results", results)  # every suite under results/
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "summary.csv").read_text() == before["summary.csv"]
+    assert (folder / "leaderboard.md").read_text() == before["leaderboard.md"]
+    assert _strip_images((folder / "leaderboard.html").read_text()) == _strip_images(before["leaderboard.html"])
+    assert sorted(p.name for p in (folder / "plots").glob("*.png")) == plots
+
+
+def test_leaderboard_content(results):
+    assert run_cli("leaderboard", "--suite", "robustness", "--results", results).returncode == 0
+    md = (results / "robustness" / "leaderboard.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[:4] == ["rank", "method", "robust@0.1", "Δ vs ce"] and "mca" in header and "flags" in header
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
+    students = [r for r in rows if r[0] != "ref"]
+    robust = [float(r[2].split("±")[0]) for r in students]
+    assert robust == sorted(robust, reverse=True)  # ranked by worst-case robust accuracy
+    assert sum(r[0] == "ref" for r in rows) == 3  # the three teacher kinds as reference rows
+    html = (results / "robustness" / "leaderboard.html").read_text()
+    assert "<script>" in html and "http" not in html.replace("http-equiv", "")  # self-contained
+
+
+def test_damaged_record_is_reported_and_skipped(results):
+    bad = results / "robustness" / "records" / "0000000000000000.json"
+    bad.write_text("{ not json")
+    proc = run_cli("leaderboard", "--suite", "robustness", "--results", results)
+    assert proc.returncode == 0
+    assert str(bad) in proc.stderr and "not valid JSON" in proc.stderr
+    assert "42 records" in proc.stdout
+
+
+def test_merge_deduplicates_and_refuses_conflicts(tmp_path):
+    files = sorted(RECORDS.glob("*.json"))
+    a, b = tmp_path / "a" / "records", tmp_path / "b" / "records"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    for p in files[:30]:
+        shutil.copy(p, a)
+    for p in files[20:]:  # 10 overlapping, identical
+        shutil.copy(p, b)
+    results = tmp_path / "results"
+    proc = run_cli("leaderboard", "--suite", "robustness", "--results", results, "--from", a.parent, b)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((results / "robustness" / "records").glob("*.json"))) == len(files)
+
+    # the same job id with different numbers: reported, nothing written
+    doc = json.loads(files[25].read_text())
+    doc["metrics"]["clean"] = 0.5
+    c = tmp_path / "c" / "records"
+    c.mkdir(parents=True)
+    (c / files[25].name).write_text(json.dumps(doc))
+    out2 = tmp_path / "results2"
+    proc = run_cli("leaderboard", "--suite", "robustness", "--results", out2, "--from", a.parent, c.parent)
+    assert proc.returncode == 1
+    assert doc["job_id"] in proc.stderr and "different numbers" in proc.stderr
+    assert not (out2 / "robustness" / "leaderboard.md").exists()
+    assert not list((out2 / "robustness" / "records").glob("*.json")) if (out2 / "robustness").exists() else True
+
+
+def _check(results, *extra):
+    return run_cli("check", "--suite", "robustness", "--results", results, *extra)
+
+
+def _edit(results, method: str, seed: int, fn):
+    for p in (results / "robustness" / "records").glob("*.json"):
+        doc = json.loads(p.read_text())
+        if doc["method"] == method and doc["seed"] == seed:
+            fn(doc)
+            p.write_text(json.dumps(doc))
+            return
+    raise AssertionError("no such record")
+
+
+def test_check_passes_on_its_baseline_and_catches_a_regression(results):
+    assert _check(results, "--update-baseline").returncode == 0
+    baseline = json.loads((results / "robustness" / "baseline.json").read_text())
+    assert baseline["suite"] == "robustness" and len(baseline["rows"]) == 14
+    ok = _check(results)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "0 regressed" in ok.stdout
+
+    # RSLAD's robust accuracy collapses on one seed: far beyond its tolerance
+    _edit(results, "rslad", 1, lambda d: d["metrics"].update({"robust@0.1": 0.05}))
+    bad = _check(results)
+    assert bad.returncode == 1
+    assert "REGRESSION" in bad.stderr and "rslad" in bad.stderr and "robust@0.1" in bad.stderr
+
+
+def test_check_reports_improvements_and_new_flags(results):
+    assert _check(results, "--update-baseline").returncode == 0
+    _edit(results, "ce", 1, lambda d: d["metrics"].update({"clean": 1.0, "mca": 1.0, "pgd@0.05": 1.0}))
+    for seed in (1, 2, 3):
+        _edit(results, "ce", seed, lambda d: d["metrics"].update({"fgsm@0.2": 0.9}))
+    better = _check(results)
+    assert better.returncode == 0 and "improved" in better.stdout
+    _edit(results, "kd", 2, lambda d: d["flags"].append("zero-gradients"))
+    flagged = _check(results)
+    assert flagged.returncode == 1 and "flags" in flagged.stderr
+
+
+def test_check_tolerance_override(results):
+    assert _check(results, "--update-baseline").returncode == 0
+    _edit(results, "kd", 1, lambda d: d["metrics"].update({"clean": d["metrics"]["clean"] - 0.03}))
+    assert _check(results).returncode == 0  # -1 point on the mean: within the 2-point floor
+    tight = _check(results, "--tolerance", "clean=0.001")
+    assert tight.returncode == 1 and "clean" in tight.stderr
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no-baseline", "no baseline"),
+    ("other-suite", "not 'robustness'"),
+    ("missing-row", "missing now"),
+    ("missing-metric", "present on one side only"),
+    ("bad-tolerance", "METRIC=VALUE"),
+])
+def test_check_usage_errors_exit_2(results, case, message):
+    if case != "no-baseline":
+        assert _check(results, "--update-baseline").returncode == 0
+    path = results / "robustness" / "baseline.json"
+    extra = []
+    if case == "other-suite":
+        doc = json.loads(path.read_text())
+        doc["suite"] = "robustness-mnist"
+        path.write_text(json.dumps(doc))
+    elif case == "missing-row":
+        for p in (results / "robustness" / "records").glob("*.json"):
+            if json.loads(p.read_text())["method"] == "dtkd":
+                p.unlink()
+    elif case == "missing-metric":
+        doc = json.loads(path.read_text())
+        next(iter(doc["rows"].values()))["metrics"]["pgd@0.3"] = {"mean": 0.5, "std": 0.0}
+        path.write_text(json.dumps(doc))
+    elif case == "bad-tolerance":
+        extra = ["--tolerance", "clean"]
+    proc = _check(results, *extra)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_check_fails_on_a_damaged_record(results):
+    assert _check(results, "--update-baseline").returncode == 0
+    bad = results / "robustness" / "records" / "ffffffffffffffff.json"
+    bad.write_text(json.dumps({"schema": 1}))
+    proc = _check(results)
+    assert proc.returncode == 1 and str(bad) in proc.stderr
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_leaderboard_html_in_a_headless_browser(results):
+    browser = _chromium()
+    if not browser:
+        pytest.skip("no chromium binary found: install Debian's chromium package to run the browser check")
+    assert run_cli("leaderboard", "--suite", "robustness", "--results", results).returncode == 0
+    page = (results / "robustness" / "leaderboard.html").resolve()
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                               "--disable-sync", f"--user-data-dir={profile}", "--dump-dom",
+                               f"file://{page}#selftest=clean"], capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="selftest">(.*?)</pre>', proc.stdout, re.S)
+    assert m, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import html as _html
+
+    result = json.loads(_html.unescape(m.group(1)))
+    assert result["errors"] == [] and result["column"] == "clean"
+    values = lambda order: [float(item.rsplit("=", 1)[1]) for item in order]  # noqa: E731
+    assert values(result["first"]) == sorted(values(result["first"]))  # ascending after one click
+    assert values(result["second"]) == sorted(values(result["second"]), reverse=True)  # descending after two
+    assert result["first"] != result["before"]
+    assert sorted(result["first"]) == sorted(result["before"])  # the same rows, reordered

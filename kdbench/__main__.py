@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--suite", default="robustness", help="a built-in suite name or a .toml file")
     ck.add_argument("--results", type=Path, default=Path("results"), help="folder holding <suite>/")
     ck.add_argument("--update-baseline", action="store_true", help="write baseline.json from the current results")
-    ck.add_argument("--run", action="store_true", help="run the suite first (resuming from stored records)")
+    ck.add_argument("--run", action="store_true", help="run the suite first (resuming from the records in --out)")
+    ck.add_argument("--out", type=Path, help="the records to check (default: --results/<suite>); with --run, a "
+                                             "fresh folder re-runs every job, e.g. in CI after a code change")
     ck.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
                     help="absolute tolerance for a metric or glob, e.g. 'robust@*=0.05' (repeatable)")
     ck.add_argument("--k", type=float, help="tolerance multiplier of the baseline's standard error (default 3)")
@@ -208,7 +210,8 @@ def cmd_check(args) -> int:
     from .suite import load_suite
 
     suite = load_suite(args.suite)
-    folder = args.results / suite.name
+    baseline_path = args.results / suite.name / "baseline.json"
+    folder = args.out or args.results / suite.name
     cfg = suite.check
     cfg = dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
                               **{k: v for k, v in (("k", args.k), ("floor", args.floor)) if v is not None})
@@ -228,7 +231,7 @@ def cmd_check(args) -> int:
     if not records:
         raise KdbenchError(f"no records for suite {suite.name!r} under {str(folder)!r}; run it first (or use --run)")
     current = baseline_from_summary(summarize(records), suite.name, suite.headline_eps)
-    path = folder / "baseline.json"
+    path = baseline_path
     if args.update_baseline:
         import json
 

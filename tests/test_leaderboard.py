@@ -210,3 +210,14 @@ def test_leaderboard_html_in_a_headless_browser(results):
     assert values(result["second"]) == sorted(values(result["second"]), reverse=True)  # descending after two
     assert result["first"] != result["before"]
     assert sorted(result["first"]) == sorted(result["before"])  # the same rows, reordered
+
+
+def test_check_run_reruns_into_a_fresh_folder_and_compares(tmp_path, tiny_suite):
+    results = tmp_path / "results"
+    first = run_cli("check", "--suite", tiny_suite, "--results", results, "--run", "--quiet")
+    assert first.returncode == 2 and "no baseline" in first.stderr  # ran, then found no baseline
+    assert run_cli("check", "--suite", tiny_suite, "--results", results, "--update-baseline").returncode == 0
+    fresh = tmp_path / "ci-run"
+    again = run_cli("check", "--suite", tiny_suite, "--results", results, "--run", "--out", fresh, "--quiet")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(list((fresh / "records").glob("*.json"))) == 6 and "0 regressed" in again.stdout

@@ -184,3 +184,28 @@ def test_reproduce_rejects_a_non_record(tmp_path):
     junk.write_text("{\"hello\": 1}")
     proc = run_main("reproduce", junk)
     assert proc.returncode == 2 and "not a kdbench record" in proc.stderr
+
+
+def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_code(tmp_path):
+    """A teacher checkpoint is loaded as a plain state dict: a pickle that would run code is refused."""
+    from kdbench.runner import teacher_config
+    from kdbench.suite import load_suite
+    from kdbench.teachers import teacher_key
+
+    suite_path = _suite_file(tmp_path, "kd = {}")
+    suite = load_suite(str(suite_path))
+    job = next(j for j in suite.jobs() if not j.is_teacher)
+    (spec,) = job.teacher_specs()
+    cache = tmp_path / "poisoned-cache"
+    planted = cache / "teachers" / f"{teacher_key(teacher_config(spec, job))}.pt"
+    planted.parent.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"weight": _Payload(marker)}, planted)
+
+    out = tmp_path / "out"
+    rc = main(["run", "--suite", str(suite_path), "--out", str(out), "--cache-dir", str(cache), "--quiet"])
+    assert rc == 1
+    assert not marker.exists()
+    reasons = [json.loads(p.read_text())["reason"] for p in (out / "failures").glob("*.json")]
+    assert reasons and all("cannot load checkpoint" in r for r in reasons)
+    assert not list((out / "records").glob("*.json")) if (out / "records").exists() else True

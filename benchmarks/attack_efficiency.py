@@ -1,0 +1,77 @@
+"""PGD-k (torchattacks) vs the floor any gradient attack pays: k forward+backward passes w.r.t. the input of
+the same model on the same batch. Target: at most 1.15x. Also the adversarial-training inner loop (the
+`adversarial` teacher kind's PGD on a training batch, model in train mode).
+
+    python benchmarks/attack_efficiency.py [--quick]
+The last line printed is the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import paired_ratio, ratio_line  # noqa: E402
+
+from kdbench.attacks import build_attack  # noqa: E402
+from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.models import ModelInput, build_model  # noqa: E402
+from kdbench.suite import EvalConfig, TrainConfig  # noqa: E402
+from kdbench.teachers import TEACHER_KINDS  # noqa: E402
+
+
+def floor_passes(model, x, y, k):
+    """k forward+backward passes for the input gradient: what every k-step gradient attack must pay."""
+    for _ in range(k):
+        xr = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xr), y)
+        torch.autograd.grad(loss, xr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    repeats = 3 if args.quick else 7
+    k = 20
+    data = load_data(DataConfig()).to(args.device)
+    inp = ModelInput(data.shape, 10, data.mean, data.std)
+    ratios = []
+    for arch in ("cnn-small", "cnn-large"):
+        torch.manual_seed(0)
+        model = build_model(arch, inp).to(args.device).eval()
+        x, y = data.x_test, data.y_test
+        ev = EvalConfig(pgd_steps=k)
+        atk = build_attack("pgd", model, 0.1, ev, 0, 10)
+        r, t_attack, t_floor = paired_ratio(lambda: atk(x, y), lambda: floor_passes(model, x, y, k), repeats)
+        ratios.append(r)
+        print(f"evaluation PGD-{k}, {arch}, batch {len(x)}: attack {t_attack * 1e3:.1f} ms, "
+              f"{k} fwd+bwd {t_floor * 1e3:.1f} ms, ratio {r:.3f}")
+
+        # the adversarial-training inner loop: PGD on a training batch of a model in train mode
+        cfg = TrainConfig(adv_eps=0.1, adv_steps=10)
+        model.train()
+        inner = TEACHER_KINDS.get("adversarial").objective(model, {}, cfg)
+        xb, yb = data.x_train[:64], data.y_train[:64]
+
+        def floor_inner():  # the attack's passes (eval mode, as torchattacks runs it) + the training forward
+            model.eval()
+            floor_passes(model, xb, yb, cfg.adv_steps)
+            model.train()
+            F.cross_entropy(model(xb), yb)
+
+        r, t_inner, t_inner_floor = paired_ratio(lambda: inner(xb, yb, 0.0), floor_inner, repeats)
+        ratios.append(r)
+        print(f"training inner PGD-{cfg.adv_steps} + loss, {arch}, batch 64: {t_inner * 1e3:.1f} ms, floor "
+              f"{t_inner_floor * 1e3:.1f} ms, ratio {r:.3f}")
+    print(ratio_line("attack efficiency (worst case over models and loops)", max(ratios), 1.15))
+
+
+if __name__ == "__main__":
+    main()

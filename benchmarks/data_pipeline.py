@@ -1,0 +1,57 @@
+"""The `ce` epoch (kdbench's training loop: tensors on the device, index-slice batches, no DataLoader
+workers) vs the sum of its forward+backward passes on the same batches. Target: at most 1.10x.
+
+    python benchmarks/data_pipeline.py [--quick]
+The last line printed is the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import paired_ratio, ratio_line  # noqa: E402
+
+from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.models import ModelInput, build_model  # noqa: E402
+from kdbench.suite import TrainConfig  # noqa: E402
+from kdbench.train import fit  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    data = load_data(DataConfig())
+    x, y = data.x_train, data.y_train
+    model = build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std))
+    cfg = TrainConfig(batch_size=64)
+    params = list(model.parameters())
+
+    def epoch():
+        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), 1, cfg, 0, "cpu")
+
+    batches = [torch.arange(i, min(i + 64, len(x))) for i in range(0, len(x), 64)]
+    assert len(batches) == math.ceil(len(x) / 64)
+
+    def passes():  # only the forward and backward passes of the same batches
+        model.train()
+        for idx in batches:
+            for p in params:
+                p.grad = None
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+
+    r, t_epoch, t_passes = paired_ratio(epoch, passes, 3 if args.quick else 7)
+    print(f"ce epoch {t_epoch * 1e3:.1f} ms vs its {len(batches)} forward+backward passes {t_passes * 1e3:.1f} ms "
+          "(the epoch adds shuffling, the optimizer step and the schedule)")
+    print(ratio_line("ce epoch / forward+backward passes", r, 1.10))
+
+
+if __name__ == "__main__":
+    main()

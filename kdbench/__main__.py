@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
     run.add_argument("--profile", action="store_true", help="print where the run's time went")
+    run.add_argument("--data-dir", type=Path, help="where torchvision datasets live (default: the suite's data_dir, "
+                                                   "else $KDBENCH_DATA, else ~/.cache/kdbench/data)")
+    run.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    run.add_argument("--corruptions-from", type=Path, metavar="DIR",
+                     help="a CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy, labels.npy): evaluated beside the "
+                          "synthetic corruptions as cifar-c/<name>/<severity>")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the job grid and a compute-time estimate measured on this device; run nothing")
 
     ls = sub.add_parser("list", help="list datasets, models, methods, attacks, corruptions, suites")
     ls.add_argument("what", nargs="?", default="all",
@@ -89,7 +97,11 @@ def cmd_run(args) -> int:
     suite = with_overrides(load_suite(args.suite), args.methods, args.seeds)
     device = pick_device(args.device)
     out = args.out or Path("results") / suite.name
-    result = run_suite(suite, out, device, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast)
+    if args.dry_run:
+        return cmd_dry_run(suite, out, device, args.quiet)
+    _check_run_inputs(suite, args)
+    result = run_suite(suite, out, device, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
+                       data_dir=args.data_dir, download=args.download, corruptions_from=args.corruptions_from)
     import time
 
     t0 = time.perf_counter()
@@ -107,6 +119,31 @@ def cmd_run(args) -> int:
     print(f"{result.ran} jobs run, {result.skipped} already done, {len(result.failed)} failed, "
           f"{result.seconds:.1f}s; results in {out}")
     return 1 if result.failed else 0
+
+
+def _check_run_inputs(suite, args) -> None:
+    """Input errors that would fail every job (missing dataset files, a bad CIFAR-C folder): one line now."""
+    from .data import data_root
+
+    if args.corruptions_from is not None:
+        from .cifar_c import corruption_files
+
+        corruption_files(args.corruptions_from)
+    from .datasets_torchvision import SETS, check_available
+
+    if suite.data.name in SETS:
+        check_available(suite.data.name, data_root(suite.data, args.data_dir), args.download or suite.data.download)
+
+
+def cmd_dry_run(suite, out: Path, device, quiet: bool) -> int:
+    from .estimate import estimate, format_estimate
+    from .records import load_records
+
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    est = estimate(suite, device, progress=say)
+    done = {r["job_id"] for r in load_records(out)[0]} if (out / "records").is_dir() else set()
+    print(format_estimate(suite, est, device, done))
+    return 0
 
 
 def cmd_reproduce(args) -> int:

@@ -97,3 +97,36 @@ def build_model(arch: str, inp: ModelInput) -> nn.Module:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one (C, H, W) input, counted with forward hooks on every
+    Conv2d (output elements x input channels per group x kernel area) and Linear (output elements x input
+    features). Normalization, pooling, activations and batch norm are not counted (the usual convention)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inputs, out):
+        nonlocal total
+        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, inputs, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    training = model.training
+    try:
+        model.eval()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        model(torch.zeros(1, *shape, device=device))
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    return int(total)
+
+
+# explicit import: the real-scale architectures register themselves in MODELS
+from . import archs  # noqa: F401

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
+from .augment import make_augmenter
 from .evaluate import evaluate
 from .methods import METHODS, Batch, TeacherSpec, TrainContext
-from .models import ModelInput, build_model, count_params
+from .models import ModelInput, build_model, count_macs, count_params
 from .records import atomic_write_bytes, atomic_write_text, environment, load_records, utc_now, write_record
 from .suite import Job, Suite
 from .teachers import TEACHER_KINDS, teacher_key
@@ -71,6 +72,9 @@ class Workspace:
     teacher_errors: dict = field(default_factory=dict)
     transfer: dict = field(default_factory=dict)  # (teacher key, seed, eval config) -> {eps: x_adv}
     profile: dict = field(default_factory=dict)
+    data_dir: Path | None = None  # --data-dir: where torchvision datasets live (else the suite's / default)
+    download: bool = False  # --download
+    corruptions_from: Path | None = None  # --corruptions-from: a CIFAR-10-C / CIFAR-100-C folder
 
     def add_time(self, key: str, seconds: float) -> None:
         self.profile[key] = self.profile.get(key, 0.0) + seconds
@@ -78,7 +82,7 @@ class Workspace:
     def get_data(self, cfg) -> data_mod.TensorData:
         if cfg not in self.data:
             t0 = time.perf_counter()
-            self.data[cfg] = data_mod.load_data(cfg).to(self.device)
+            self.data[cfg] = data_mod.load_data(cfg, self.data_dir, self.download).to(self.device)
             self.add_time("data", time.perf_counter() - t0)
         return self.data[cfg]
 
@@ -89,7 +93,7 @@ def model_input(data) -> ModelInput:
 
 def teacher_config(spec: TeacherSpec, job: Job) -> dict:
     t = job.train
-    cfg = {"format": 1, "data": dataclasses.asdict(job.data), "arch": spec.arch, "kind": spec.kind,
+    cfg = {"format": 1, "data": data_mod.config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
            "params": dict(spec.params), "seed": spec.seed,
            "train": {"epochs": t.teacher_epochs, "batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr,
                      "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule}}
@@ -107,6 +111,17 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
     if key in ws.teacher_errors:  # trained once already in this run and failed: fail fast, same reason
         raise ws.teacher_errors[key]
     data = ws.get_data(job.data)
+    if job.pair.pretrained is not None:  # loaded from elsewhere: never trained, never cached on disk
+        from .pretrained import load_pretrained
+
+        loaded = ws.teachers.get(("pretrained", job.pair.pretrained))
+        if loaded is None:
+            t0 = time.perf_counter()
+            model = load_pretrained(job.pair.pretrained, model_input(data), ws.device, ws.cache_dir)
+            ws.add_time("teacher loading", time.perf_counter() - t0)
+            loaded = ws.teachers[("pretrained", job.pair.pretrained)] = (spec, model)
+        ws.teachers[key] = loaded
+        return loaded[1]
     model = build_model(spec.arch, model_input(data)).to(ws.device)
     path = ws.cache_dir / "teachers" / f"{key}.pt"
     if path.is_file():
@@ -120,8 +135,9 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
         model = build_model(spec.arch, model_input(data)).to(ws.device)
         objective = kind.objective(model, params, job.train)
         x, y = data.x_train, data.y_train
+        augment = make_augmenter(job.data.augment, spec.seed, ws.device) or (lambda xb: xb)
         try:
-            fit(model, list(model.parameters()), lambda idx, p: objective(x[idx], y[idx], p), len(x),
+            fit(model, list(model.parameters()), lambda idx, p: objective(augment(x[idx]), y[idx], p), len(x),
                 job.train.teacher_epochs, job.train, spec.seed, ws.device)
         except Exception as e:
             ws.teacher_errors[key] = e
@@ -156,10 +172,17 @@ def train_student(job: Job, data, teachers: list, ws: Workspace) -> tuple[torch.
                        adv_step_size=t.step_size())
     distiller = cls(student, teachers, dict(job.params), ctx).to(ws.device)
     x, y = data.x_train, data.y_train
-    cached = [predict_logits(tm, x) for tm in teachers] if cls.uses_teacher_logits else []
+    augment = make_augmenter(job.data.augment, job.seed, ws.device)
+    # augmented inputs differ every step: the teachers' logits are then computed per batch, not cached
+    cached = [predict_logits(tm, x) for tm in teachers] if cls.uses_teacher_logits and augment is None else []
 
     def step(idx, progress):
-        return distiller.losses(Batch(x[idx], y[idx], [c[idx] for c in cached], progress))
+        if augment is None:
+            return distiller.losses(Batch(x[idx], y[idx], [c[idx] for c in cached], progress))
+        xb = augment(x[idx])
+        with torch.no_grad():
+            logits = [tm(xb) for tm in teachers] if cls.uses_teacher_logits else []
+        return distiller.losses(Batch(xb, y[idx], logits, progress))
 
     history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device)
     return distiller.student.eval(), history
@@ -189,6 +212,12 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
                                         transfer_cache=transfer_cache)
+    if ws.corruptions_from is not None:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
+        from .cifar_c import evaluate_cifar_c
+
+        t2 = time.perf_counter()
+        metrics.update(evaluate_cifar_c(model, ws.corruptions_from, data, job.eval.severities, job.eval.batch_size))
+        timings["cifar-c"] = time.perf_counter() - t2
     eval_seconds = time.perf_counter() - t1
     for k, v in timings.items():
         ws.add_time(f"eval: {k}", v)
@@ -199,6 +228,10 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         teacher_info = {"arch": specs[0].arch, "kind": specs[0].kind, "seeds": [s.seed for s in specs],
                         "params": count_params(tm),
                         "clean": (predict_logits(tm, data.x_test).argmax(1) == data.y_test).float().mean().item()}
+        teacher_info["macs"] = count_macs(tm, data.shape)
+        if job.pair.pretrained is not None:
+            teacher_info["kind"] = "pretrained"
+            teacher_info["pretrained"] = dataclasses.asdict(job.pair.pretrained)
     return {
         "schema": 1,
         "job_id": job.job_id,
@@ -207,7 +240,8 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         "dataset": job.data.name,
         "pair": f"{job.pair.teacher}->{job.pair.student}",
         "teacher": teacher_info,
-        "student": {"arch": job.pair.teacher if job.is_teacher else job.pair.student, "params": count_params(model)},
+        "student": {"arch": job.pair.teacher if job.is_teacher else job.pair.student, "params": count_params(model),
+                    "macs": count_macs(model, data.shape)},
         "method": f"teacher:{job.teacher_kind}" if job.is_teacher else job.method,
         "method_params": dict(job.params),
         "teacher_kind": job.teacher_kind,
@@ -256,14 +290,16 @@ def write_failure(out: Path, job: Job, error: BaseException) -> Path:
 
 
 def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | None = None, quiet: bool = False,
-              stream=None, fail_fast: bool = False) -> RunResult:
+              stream=None, fail_fast: bool = False, data_dir: Path | None = None, download: bool = False,
+              corruptions_from: Path | None = None) -> RunResult:
     """Run every job of `suite` whose record is not in `out` yet. A job that raises (a diverging loss, a bad
     checkpoint, ...) is recorded under failures/ and the rest of the suite goes on (or stops, `fail_fast`)."""
     from .safety import check_writable, results_lock
 
     t_start = time.perf_counter()
     out = Path(out)
-    ws = Workspace(device, Path(cache_dir) if cache_dir else default_cache_dir())
+    ws = Workspace(device, Path(cache_dir) if cache_dir else default_cache_dir(), data_dir=data_dir,
+                   download=download, corruptions_from=corruptions_from)
     check_writable(out, "results folder")
     check_writable(ws.cache_dir, "cache folder")
     with results_lock(out):

@@ -20,10 +20,12 @@ from .attacks import ATTACKS
 from .check import CheckConfig
 from .config import check_params, from_table, unknown_key_error
 from .corruptions import CORRUPTIONS
-from .data import DATASETS, DataConfig
+from .data import DATASETS, DataConfig, resolve_data_config
+from .data import config_dict as data_config_dict
 from .errors import KdbenchError
 from .methods import METHODS, TeacherSpec
 from .models import MODELS
+from .pretrained import PretrainedTeacher, parse_teacher_table
 from .teachers import TEACHER_KINDS
 
 REPO_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -69,6 +71,31 @@ class EvalConfig:
 class Pair:
     teacher: str
     student: str
+    pretrained: PretrainedTeacher | None = None  # a teacher loaded, not trained (see pretrained.py)
+
+
+def pair_config(pair: Pair) -> dict:
+    """The pair as it enters job ids (without `pretrained` when there is none, so older ids are unchanged)."""
+    d = dataclasses.asdict(pair)
+    if d["pretrained"] is None:
+        del d["pretrained"]
+    return d
+
+
+def parse_pair(table: Any, where: str, base_dir: Path, dataset: str) -> Pair:
+    """`{teacher = "arch", student = "arch"}`, or a teacher table `{checkpoint = ..., arch = ...}` /
+    `{robustbench = ...}` for a teacher from elsewhere."""
+    if isinstance(table, dict) and "pretrained" in table:
+        raise unknown_key_error(where, "pretrained", {"teacher", "student"})
+    if isinstance(table, dict) and isinstance(table.get("teacher"), dict):
+        pre = parse_teacher_table(table["teacher"], f"{where}.teacher", base_dir, dataset)
+        pair = from_table(Pair, {**table, "teacher": pre.display_name()}, where)
+        MODELS.check(pair.student)
+        return dataclasses.replace(pair, pretrained=pre)
+    pair = from_table(Pair, table, where)
+    MODELS.check(pair.teacher)
+    MODELS.check(pair.student)
+    return pair
 
 
 @dataclass(frozen=True)
@@ -92,7 +119,7 @@ class Suite:
     source: str = ""
     check: CheckConfig = field(default_factory=CheckConfig)
 
-    def jobs(self) -> list["Job"]:
+    def jobs(self) -> list[Job]:
         """Teacher reference jobs first, then students: (pair, method, seed) in file order."""
         students, teachers = [], {}
         for pair in self.pairs:
@@ -104,8 +131,10 @@ class Suite:
                     for spec in job.teacher_specs():
                         if spec.seed not in self.seeds:  # e.g. extra ensemble members: trained, not reported
                             continue
-                        ref = Job(self.name, self.data, Pair(spec.arch, spec.arch), "teacher", spec.params, spec.kind,
-                                  spec.seed, self.train, self.eval, self.headline_eps)
+                        if pair.pretrained is not None:  # loaded, not trained: one reference job for all
+                            spec = TeacherSpec(spec.arch, "pretrained", self.seeds[0])
+                        ref = Job(self.name, self.data, Pair(spec.arch, spec.arch, pair.pretrained), "teacher",
+                                  spec.params, spec.kind, spec.seed, self.train, self.eval, self.headline_eps)
                         teachers.setdefault(ref.job_id, ref)
         return list(teachers.values()) + students
 
@@ -136,8 +165,8 @@ class Job:
     def config(self) -> dict:
         """Everything that determines the job's numbers (not the suite name): the hash input."""
         return {
-            "data": dataclasses.asdict(self.data),
-            "pair": dataclasses.asdict(self.pair),
+            "data": data_config_dict(self.data),
+            "pair": pair_config(self.pair),
             "method": self.method,
             "params": dict(self.params),
             "teacher_kind": self.teacher_kind,
@@ -237,14 +266,13 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     data = from_table(DataConfig, data_table, "data")
     if data.name not in DATASETS and ":" not in data.name:
         DATASETS.check(data.name)
+    base_dir = Path(source).resolve().parent if source else Path.cwd()
+    data = resolve_data_config(data, base_dir)
 
     pairs_doc = doc.get("pairs", [{"teacher": "cnn-large", "student": "cnn-small"}])
     if not isinstance(pairs_doc, list) or not pairs_doc:
         raise KdbenchError(f"pairs must be a non-empty list of {{teacher, student}} tables, got {pairs_doc!r}")
-    pairs = tuple(from_table(Pair, p, f"pairs[{i}]") for i, p in enumerate(pairs_doc))
-    for p in pairs:
-        MODELS.check(p.teacher)
-        MODELS.check(p.student)
+    pairs = tuple(parse_pair(p, f"pairs[{i}]", base_dir, data.name) for i, p in enumerate(pairs_doc))
 
     seeds = doc.get("seeds", [1, 2, 3])
     if not isinstance(seeds, list) or not seeds:
@@ -345,6 +373,14 @@ def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[i
     return suite
 
 
+def _pair_from_config(d: dict) -> Pair:
+    d = dict(d)
+    pre = d.pop("pretrained", None)
+    pair = from_table(Pair, d, "config.pair")
+    return pair if pre is None else dataclasses.replace(pair, pretrained=from_table(PretrainedTeacher, pre,
+                                                                                  "config.pair.pretrained"))
+
+
 def job_from_config(config: dict, suite: str = "reproduce") -> Job:
     """Rebuild the Job a record was produced by, from the `config` stored in the record (its hash must match)."""
     from .errors import KdbenchError
@@ -353,7 +389,7 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
         return Job(
             suite=suite,
             data=from_table(DataConfig, config["data"], "config.data"),
-            pair=from_table(Pair, config["pair"], "config.pair"),
+            pair=_pair_from_config(config["pair"]),
             method=config["method"],
             params=tuple(sorted(config["params"].items())),
             teacher_kind=config["teacher_kind"],

@@ -1,0 +1,201 @@
+"""Teachers from elsewhere: loaded, never trained (and never put in the teacher cache).
+
+In a suite's `[[pairs]]`, the teacher may be a table instead of an architecture name:
+
+    teacher = { checkpoint = "models/wrn.pt", arch = "wrn-34-10" }            # your state dict
+    teacher = { checkpoint = "models/model_cifar_wrn.pt", arch = "wrn-34-10", normalize = "none" }
+    teacher = { robustbench = "Carmon2019Unlabeled" }                          # pip install 'kdbench[robustbench]'
+
+- `checkpoint`: a state dict (a file written by `torch.save(model.state_dict())`, optionally wrapped as
+  {"state_dict": ...} / {"model": ...} or with DataParallel's "module." prefixes), loaded with
+  `weights_only=True`, so a checkpoint can never run code. `arch` is a registered architecture; keys or shapes
+  that do not match it are one error listing the missing, unexpected and mismatched keys. A relative path
+  is relative to the suite file's folder. The file's SHA-256 is part of the job id: a changed checkpoint
+  re-runs its jobs.
+- `normalize`: where the model's input normalization comes from. "checkpoint" (default): the state dict holds
+  kdbench's `normalize.mean` / `normalize.std`. "none": the model was trained on raw [0, 1] inputs (TRADES,
+  ARD and RSLAD checkpoints). "dataset": this dataset's per-channel mean and std.
+- `robustbench`: a RobustBench model-zoo entry, loaded by `robustbench.utils.load_model` (optional extra
+  `kdbench[robustbench]`; needs network access the first time), for the suite's dataset (or `dataset = ...`)
+  and `threat_model` (default "Linf"). RobustBench models take [0, 1] inputs and normalize inside; they
+  declare no stages, so layer-wise methods cannot use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import unknown_key_error
+from .errors import KdbenchError
+
+NORMALIZE = ("checkpoint", "none", "dataset")
+CHECKPOINT_KEYS = {"checkpoint", "arch", "normalize"}
+ROBUSTBENCH_KEYS = {"robustbench", "dataset", "threat_model"}
+
+
+@dataclass(frozen=True)
+class PretrainedTeacher:
+    source: str  # "checkpoint" | "robustbench"
+    ref: str  # absolute path of the checkpoint, or the RobustBench model name
+    arch: str = ""  # the registered architecture (checkpoints)
+    sha256: str = ""  # the checkpoint file's content hash
+    normalize: str = "checkpoint"
+    dataset: str = ""  # RobustBench only
+    threat_model: str = ""  # RobustBench only
+
+    def display_name(self) -> str:
+        """The teacher's name in labels and tables."""
+        if self.source == "checkpoint":
+            return f"{self.arch}@{self.sha256[:8]}"
+        return f"robustbench:{self.ref}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_teacher_table(table: dict, where: str, base_dir: Path, dataset: str) -> PretrainedTeacher:
+    """`teacher = { checkpoint = ..., arch = ... }` or `teacher = { robustbench = ... }` -> PretrainedTeacher."""
+    from .models import MODELS
+
+    for key in table:
+        if key not in CHECKPOINT_KEYS | ROBUSTBENCH_KEYS:
+            raise unknown_key_error(where, key, CHECKPOINT_KEYS | ROBUSTBENCH_KEYS)
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise KdbenchError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    if ("checkpoint" in table) == ("robustbench" in table):
+        raise KdbenchError(f"{where} needs exactly one of 'checkpoint' (with 'arch') or 'robustbench'")
+    if "checkpoint" in table:
+        extra = sorted(set(table) - CHECKPOINT_KEYS)
+        if extra:
+            raise KdbenchError(f"{where}: {', '.join(extra)} only apply to robustbench teachers")
+        if "arch" not in table:
+            raise KdbenchError(f"{where} needs 'arch', the registered architecture of the checkpoint")
+        MODELS.check(table["arch"])
+        normalize = table.get("normalize", "checkpoint")
+        if normalize not in NORMALIZE:
+            raise KdbenchError(f"{where}.normalize {normalize!r} is unknown; choose from: {', '.join(NORMALIZE)}")
+        path = Path(table["checkpoint"]).expanduser()
+        path = (path if path.is_absolute() else base_dir / path).resolve()
+        if not path.is_file():
+            raise KdbenchError(f"{where}.checkpoint: file {str(path)!r} does not exist")
+        return PretrainedTeacher("checkpoint", str(path), table["arch"], file_sha256(path), normalize)
+    extra = sorted(set(table) - ROBUSTBENCH_KEYS)
+    if extra:
+        raise KdbenchError(f"{where}: {', '.join(extra)} only apply to checkpoint teachers")
+    ds = table.get("dataset") or {"cifar10": "cifar10", "cifar100": "cifar100"}.get(dataset, "")
+    if not ds:
+        raise KdbenchError(f"{where}: say which RobustBench dataset the model is for (dataset = \"cifar10\", "
+                           f"\"cifar100\" or \"imagenet\")")
+    return PretrainedTeacher("robustbench", table["robustbench"], dataset=ds,
+                             threat_model=table.get("threat_model", "Linf"))
+
+
+# ---- loading -----------------------------------------------------------------------------------------------
+
+def _unwrap(obj, path: str) -> dict:
+    """A plain {name: tensor} dict from what torch.load returned (unwrapping the usual containers)."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict) and len(obj) <= 4:
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise KdbenchError(f"checkpoint {path!r} is not a state dict (a mapping of parameter names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_checkpoint_into(model: nn.Module, pre: PretrainedTeacher, device, mean, std) -> nn.Module:
+    """Load `pre`'s state dict into `model` (built for its arch), or raise one error listing every mismatch."""
+    from .runner import load_state_dict
+
+    state = _unwrap(load_state_dict(Path(pre.ref), device), pre.ref)
+    ignore = tuple(getattr(model, "checkpoint_ignore", ()))
+    state = {k: v for k, v in state.items() if not k.startswith(ignore) or not ignore}
+    own = model.state_dict()
+    norm_keys = [k for k in own if k.startswith("normalize.")]
+    if pre.normalize != "checkpoint":
+        values = ((0.0,) * len(mean), (1.0,) * len(std)) if pre.normalize == "none" else (mean, std)
+        for key, vals in zip(("normalize.mean", "normalize.std"), values):
+            if key in own:
+                state[key] = torch.tensor(vals, dtype=own[key].dtype).view_as(own[key])
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_names(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches (checkpoint vs model): {_names(mismatched)}")
+        hint = ""
+        if set(missing) and set(missing) <= set(norm_keys):
+            hint = ("; the checkpoint has no input normalization: add normalize = \"none\" (trained on [0, 1] "
+                    "inputs) or \"dataset\" to the teacher table")
+        raise KdbenchError(f"checkpoint {pre.ref!r} does not fit architecture {pre.arch!r}: "
+                           f"{'; '.join(parts)}{hint}")
+    model.load_state_dict(state)
+    return model
+
+
+class ExternalTeacher(nn.Module):
+    """A model from elsewhere (RobustBench): forward only; no declared stages."""
+
+    def __init__(self, net: nn.Module, name: str):
+        super().__init__()
+        self.net = net
+        self.name = name
+
+    def forward(self, x):
+        return self.net(x)
+
+    def forward_stages(self, x):
+        raise KdbenchError(f"teacher {self.name} declares no stages: layer-wise methods (hierarchical, attention) "
+                           f"need a kdbench architecture as teacher")
+
+
+def load_robustbench_model(pre: PretrainedTeacher, model_dir: Path) -> nn.Module:
+    try:
+        from robustbench.utils import load_model
+    except ImportError:
+        raise KdbenchError(f"teacher robustbench:{pre.ref} needs the optional RobustBench package: "
+                           f"pip install 'kdbench[robustbench]'") from None
+    try:
+        net = load_model(model_name=pre.ref, dataset=pre.dataset, threat_model=pre.threat_model,
+                         model_dir=str(model_dir))
+    except Exception as e:  # noqa: BLE001 - unknown name, no network, ...
+        raise KdbenchError(f"RobustBench could not load {pre.ref!r} ({pre.dataset}, {pre.threat_model}): "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return ExternalTeacher(net, pre.display_name())
+
+
+def load_pretrained(pre: PretrainedTeacher, inp, device, cache_dir: Path) -> nn.Module:
+    """The teacher `pre`, on `device`, in eval mode and frozen."""
+    from .models import build_model
+
+    if pre.source == "checkpoint":
+        model = build_model(pre.arch, inp)
+        model = load_checkpoint_into(model, pre, "cpu", inp.mean, inp.std)
+    else:
+        model = load_robustbench_model(pre, cache_dir / "robustbench")
+    return model.to(device).eval().requires_grad_(False)

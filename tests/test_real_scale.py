@@ -1,0 +1,140 @@
+"""The real-scale suites: each -smoke variant runs end to end through the CLI on generated files of the
+real dataset's layout (torchvision's MNIST idx files, its CIFAR pickles, CIFAR-10-C .npy files); the full
+suites load and follow their protocol; `run --dry-run` prints the grid and a device-specific estimate."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import ROOT, run_main
+from fake_datasets import patch_cifar_checksums, write_cifar, write_cifar_c, write_mnist
+
+from kdbench.records import load_records
+from kdbench.suite import load_suite
+
+EPS_8 = 8 / 255
+
+
+def check_records(out, suite_name):
+    suite = load_suite(suite_name)
+    records, bad = load_records(out)
+    assert not bad and not (out / "failures").exists()
+    assert {r["job_id"] for r in records} == {j.job_id for j in suite.jobs()}
+    for r in records:
+        assert r["student"]["macs"] > 0 and r["student"]["params"] > 0
+        if r["teacher"] is not None:
+            assert r["teacher"]["macs"] > r["student"]["macs"] or r["role"] == "teacher"
+        assert 0.0 <= r["metrics"]["clean"] <= 1.0
+    return records
+
+
+@pytest.mark.parametrize("suite_name,folder", [("robustness-mnist-smoke", "MNIST"),
+                                               ("robustness-fashion-smoke", "FashionMNIST")])
+def test_mnist_family_smoke_suites(tmp_path, suite_name, folder):
+    write_mnist(tmp_path / "data", folder)
+    out = tmp_path / "out"
+    r = run_main("run", "--suite", suite_name, "--data-dir", tmp_path / "data", "--out", out, "--device", "cpu",
+                 "--quiet")
+    assert r.returncode == 0, r.stderr
+    records = check_records(out, suite_name)
+    assert {r["dataset"] for r in records} == {load_suite(suite_name).data.name}
+    assert all(f"pgd@{e}" in r["metrics"] for r in records for e in ("0.1", "0.2", "0.3"))
+
+    dry = run_main("run", "--suite", suite_name, "--out", out, "--dry-run", "--device", "cpu", "--quiet")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count(" done") == len(records) and "ESTIMATE for this device (cpu" in dry.stdout
+
+
+def test_cifar10_smoke_suite_with_cifar_c(tmp_path, monkeypatch):
+    patch_cifar_checksums(monkeypatch)
+    written = write_cifar(tmp_path / "data", 10)
+    corruptions = write_cifar_c(tmp_path / "CIFAR-10-C", *written["test"])
+    out = tmp_path / "out"
+    r = run_main("run", "--suite", "robustness-cifar10-smoke", "--data-dir", tmp_path / "data", "--corruptions-from",
+                 corruptions, "--out", out, "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    records = check_records(out, "robustness-cifar10-smoke")
+    students = [r for r in records if r["role"] == "student"]
+    assert {r["pair"] for r in students} == {"wrn-34-10->resnet18", "wrn-34-10->mobilenetv2"}
+    assert {r["method"] for r in students} == {"ard", "rslad"}
+    for rec in records:
+        m = rec["metrics"]
+        assert {"cifar-c/gaussian_noise/1", "cifar-c/fog/5", "cifar-c/mca", "corruption/contrast/5"} <= set(m)
+        assert "pgd@0.0313725" in m and "robust@0.0313725" in m
+    teacher = next(r for r in records if r["role"] == "teacher")
+    assert 46_000_000 < teacher["student"]["params"] < 46_300_000
+    assert teacher["student"]["macs"] == 6_658_906_368
+
+
+def test_bad_corruptions_folder_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    r = run_main("run", "--suite", "robustness-cifar10-smoke", "--corruptions-from", tmp_path / "nope", "--out", out)
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_augmented_training_is_deterministic_and_computes_teacher_logits_per_batch(tmp_path, monkeypatch):
+    """With augmentation the teacher's logits come per batch (never the cached clean ones); same seed, same run."""
+    from kdbench import runner
+    from kdbench.runner import Progress, Workspace, run_job
+    from kdbench.suite import parse_suite
+
+    doc = {"dataset": "digits", "data": {"augment": ["random_crop", "horizontal_flip"]}, "seeds": [1],
+           "train": {"epochs": 2, "teacher_epochs": 1, "batch_size": 256}, "methods": {"kd": {}},
+           "eval": {"attacks": ["fgsm"], "eps": [0.1], "sweep_eps": [], "corruptions": [], "sanity": False,
+                    "transfer": False}}
+    job = parse_suite(doc).jobs()[-1]
+    sizes = []
+    original = runner.predict_logits
+    monkeypatch.setattr(runner, "predict_logits", lambda m, x, *a: sizes.append(len(x)) or original(m, x, *a))
+    a = run_job(job, Workspace(torch.device("cpu"), tmp_path / "c1"), Progress(1, True))
+    n_train = 1438  # digits' training split
+    assert n_train not in sizes  # the teacher never labelled the (clean) training set up front
+    b = run_job(job, Workspace(torch.device("cpu"), tmp_path / "c2"), Progress(1, True))
+    assert a["metrics"] == b["metrics"] and a["train_history"] == b["train_history"]
+    sizes.clear()
+    plain = run_job(parse_suite({**doc, "data": {}}).jobs()[-1], Workspace(torch.device("cpu"), tmp_path / "c3"),
+                    Progress(1, True))
+    assert n_train in sizes and plain["metrics"] != a["metrics"]
+
+
+def test_real_suites_load_with_their_protocol():
+    mnist, fashion = load_suite("robustness-mnist"), load_suite("robustness-fashion")
+    for suite, name in ((mnist, "mnist"), (fashion, "fashion-mnist")):
+        assert suite.data.name == name and suite.eval.eps == (0.1, 0.2, 0.3)
+        assert [(p.teacher, p.student) for p in suite.pairs] == [("lenet-large", "lenet-small")]
+    c10 = load_suite("robustness-cifar10")
+    assert c10.data.name == "cifar10" and c10.data.augment == ("random_crop", "horizontal_flip")
+    assert [(p.teacher, p.student) for p in c10.pairs] == [("wrn-34-10", "resnet18"), ("wrn-34-10", "mobilenetv2")]
+    assert {m.name for m in c10.methods} == {"ard", "rslad"}
+    assert math.isclose(c10.headline_eps, EPS_8) and c10.eval.eps == (c10.headline_eps,)
+    assert c10.eval.pgd_steps == 20 and math.isclose(c10.eval.pgd_step_ratio * EPS_8, 2 / 255)
+    t = c10.train
+    assert (t.epochs, t.batch_size, t.optimizer, t.lr, t.momentum, t.weight_decay) == (300, 128, "sgd", 0.1, 0.9, 2e-4)
+    assert math.isclose(t.adv_eps, EPS_8) and t.adv_steps == 10 and math.isclose(t.step_size(), 2 / 255)
+    for smoke, full in (("robustness-cifar10-smoke", c10), ("robustness-mnist-smoke", mnist),
+                        ("robustness-fashion-smoke", fashion)):
+        s = load_suite(smoke)
+        assert s.train.epochs == 1 and s.data.train_subset and s.data.test_subset
+        assert s.pairs == full.pairs and [m.name for m in s.methods] == [m.name for m in full.methods]
+
+    ref = json.loads((ROOT / "benchmarks" / "robustness-cifar10.reference.json").read_text())
+    rows = {(r["method"], r["student"]) for r in ref["reported"]}
+    assert rows == {(m.name, p.student) for m in c10.methods for p in c10.pairs}
+    for r in ref["reported"]:  # a number is either verified against the paper or absent
+        assert r["verified"] or all(r[k] is None for k in ("Clean", "FGSM", "PGD-SAT", "PGD-TRADES", "CW-inf", "AA"))
+
+
+def test_dry_run_of_the_cifar10_suite(tmp_path):
+    out = tmp_path / "out"
+    r = run_main("run", "--suite", "robustness-cifar10", "--dry-run", "--device", "cpu", "--out", out)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    jobs = [ln for ln in lines if ln.endswith("to run")]
+    assert len(jobs) == 5 and any("teacher wrn-34-10 (adversarial)" in ln for ln in jobs)
+    assert any("rslad wrn-34-10->mobilenetv2" in ln and " 300 " in ln for ln in jobs)
+    assert "50000 train / 10000 test" in r.stdout and "391 steps/epoch" in r.stdout
+    assert "ESTIMATE for this device (cpu, CPU)" in r.stdout and "CPU hours" in r.stdout
+    assert "measuring wrn-34-10" in r.stderr
+    assert not out.exists()  # nothing run, nothing written

@@ -129,10 +129,13 @@ def _check_run_inputs(suite, args) -> None:
         from .cifar_c import corruption_files
 
         corruption_files(args.corruptions_from)
-    from .datasets_torchvision import SETS, check_available
+    from .datasets_torchvision import SETS, check_available, download
 
     if suite.data.name in SETS:
-        check_available(suite.data.name, data_root(suite.data, args.data_dir), args.download or suite.data.download)
+        root = data_root(suite.data, args.data_dir)
+        if args.download or suite.data.download:
+            download(suite.data.name, root)
+        check_available(suite.data.name, root, False)
 
 
 def cmd_dry_run(suite, out: Path, device, quiet: bool) -> int:

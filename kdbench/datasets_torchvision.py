@@ -69,6 +69,18 @@ def check_available(name: str, root: Path, download: bool) -> None:
                            f"that holds it")
 
 
+def download(name: str, root: Path) -> None:
+    """Fetch the dataset's files into `root` now (a no-op when they are there): a failure is one error for
+    the whole run, not one per job."""
+    cls = SETS[name].dataset_class()
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - no network, HTTP error, bad archive
+        raise KdbenchError(f"could not download {name!r} into {str(root)!r}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def _images(data) -> torch.Tensor:
     """uint8 NHW (MNIST, a tensor) or NHWC (CIFAR, an array) -> float NCHW in [0, 1]."""
     x = torch.as_tensor(data)

@@ -205,6 +205,10 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
     with pytest.raises(KdbenchError, match="could not download 'mnist'.*Network is unreachable"):
         load_data(DataConfig(name="mnist"), root=tmp_path, download=True)
+    out = tmp_path / "out"
+    r = run_main("run", "--suite", "robustness-mnist-smoke", "--data-dir", tmp_path, "--download", "--out", out)
+    assert r.returncode == 2 and "could not download 'mnist'" in r.stderr and r.stderr.count("\n") == 1
+    assert not out.exists()  # the download is tried once, before any job
 
 
 # ---- subsets, config, augmentation -------------------------------------------------------------------------

@@ -28,6 +28,52 @@ def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _number(kind, low: float):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} >= {low:g}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_executor_args(p) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one job at a time in this process (default); ray: every job a task on a Ray "
+                        "cluster (pip install 'kdbench[ray]')")
+    p.add_argument("--address", help="with --executor ray: the cluster to use, HOST:PORT of its head or 'auto' "
+                                      "(default: start a Ray instance on this machine)")
+    p.add_argument("--cpus-per-job", type=_number(int, 1), metavar="N",
+                   help="with --executor ray: CPUs (torch threads) per job (default: the suite's [executor] "
+                        "cpus_per_job, else 1)")
+    p.add_argument("--gpus-per-job", type=_number(float, 0), metavar="G",
+                   help="with --executor ray: GPUs per job, a fraction shares one (default: the suite's, else 0)")
+    p.add_argument("--max-retries", type=_number(int, 0), metavar="N",
+                   help="with --executor ray: re-runs of a job whose worker died (default: the suite's, else 2)")
+
+
+def _executor(args, suite):
+    """The chosen executor as run(out, **run_suite options) -> RunResult; its inputs are checked, nothing runs."""
+    if args.executor == "local":
+        given = [flag for flag, v in (("--address", args.address), ("--cpus-per-job", args.cpus_per_job),
+                                      ("--gpus-per-job", args.gpus_per_job), ("--max-retries", args.max_retries))
+                 if v is not None]
+        if given:
+            raise KdbenchError(f"{', '.join(given)} only apply to --executor ray")
+        from .runner import pick_device, run_suite
+
+        device = pick_device(args.device)
+        return lambda out, **kw: run_suite(suite, out, device, **kw)
+    from .ray_executor import prepare
+
+    return prepare(suite, args.device, args.address, args.cpus_per_job, args.gpus_per_job, args.max_retries)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdbench", description="Robustness benchmark for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -50,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "synthetic corruptions as cifar-c/<name>/<severity>")
     run.add_argument("--dry-run", action="store_true",
                      help="print the job grid and a compute-time estimate measured on this device; run nothing")
+    _add_executor_args(run)
 
     ls = sub.add_parser("list", help="list datasets, models, methods, attacks, corruptions, suites")
     ls.add_argument("what", nargs="?", default="all",
@@ -86,21 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--device", default="auto")
     ck.add_argument("--cache-dir", type=Path)
     ck.add_argument("--quiet", action="store_true")
+    _add_executor_args(ck)
     return p
 
 
 def cmd_run(args) -> int:
     from .report import console_table, write_reports
-    from .runner import pick_device, run_suite
+    from .runner import pick_device
     from .suite import load_suite, with_overrides
 
     suite = with_overrides(load_suite(args.suite), args.methods, args.seeds)
-    device = pick_device(args.device)
     out = args.out or Path("results") / suite.name
     if args.dry_run:
-        return cmd_dry_run(suite, out, device, args.quiet)
+        return cmd_dry_run(suite, out, pick_device(args.device), args.quiet)
+    run_suite = _executor(args, suite)
     _check_run_inputs(suite, args)
-    result = run_suite(suite, out, device, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
+    result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
                        data_dir=args.data_dir, download=args.download, corruptions_from=args.corruptions_from)
     import time
 
@@ -256,9 +304,7 @@ def cmd_check(args) -> int:
     cfg = dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
                               **{k: v for k, v in (("k", args.k), ("floor", args.floor)) if v is not None})
     if args.run:
-        from .runner import pick_device, run_suite
-
-        result = run_suite(suite, folder, pick_device(args.device), cache_dir=args.cache_dir, quiet=args.quiet)
+        result = _executor(args, suite)(folder, cache_dir=args.cache_dir, quiet=args.quiet)
         write_reports(folder, suite.name, suite.headline_eps)
         if result.failed:
             print(f"{len(result.failed)} job(s) failed: see {folder / 'failures'}", file=sys.stderr)

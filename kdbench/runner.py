@@ -123,33 +123,65 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
         ws.teachers[key] = loaded
         return loaded[1]
     model = build_model(spec.arch, model_input(data)).to(ws.device)
-    path = ws.cache_dir / "teachers" / f"{key}.pt"
+    path = teacher_path(ws.cache_dir, key)
     if path.is_file():
         model.load_state_dict(load_state_dict(path, ws.device))
     else:
         t0 = time.perf_counter()
         progress.say(f"    training teacher {spec.arch} ({spec.kind}) seed {spec.seed}")
-        kind = TEACHER_KINDS.get(spec.kind)
-        params = {**kind.defaults, **dict(spec.params)}
-        seed_everything(spec.seed)
-        model = build_model(spec.arch, model_input(data)).to(ws.device)
-        objective = kind.objective(model, params, job.train)
-        x, y = data.x_train, data.y_train
-        augment = make_augmenter(job.data.augment, spec.seed, ws.device) or (lambda xb: xb)
         try:
-            fit(model, list(model.parameters()), lambda idx, p: objective(augment(x[idx]), y[idx], p), len(x),
-                job.train.teacher_epochs, job.train, spec.seed, ws.device)
+            model = train_teacher(spec, job, data, ws.device)
         except Exception as e:
             ws.teacher_errors[key] = e
             raise
-        buf = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-        atomic_write_text(path.with_suffix(".json"), json.dumps(cfg, indent=1, sort_keys=True))
+        save_teacher(ws.cache_dir, key, cfg, state_dict_bytes(model))
         ws.add_time("teacher training", time.perf_counter() - t0)
     model.eval().requires_grad_(False)
     ws.teachers[key] = (spec, model)
     return model
+
+
+def train_teacher(spec: TeacherSpec, job: Job, data, device: torch.device) -> torch.nn.Module:
+    """Train the teacher `spec` of `job` on `data` now, without the cache (get_teacher caches the result)."""
+    kind = TEACHER_KINDS.get(spec.kind)
+    params = {**kind.defaults, **dict(spec.params)}
+    seed_everything(spec.seed)
+    model = build_model(spec.arch, model_input(data)).to(device)
+    objective = kind.objective(model, params, job.train)
+    x, y = data.x_train, data.y_train
+    augment = make_augmenter(job.data.augment, spec.seed, device) or (lambda xb: xb)
+    fit(model, list(model.parameters()), lambda idx, p: objective(augment(x[idx]), y[idx], p), len(x),
+        job.train.teacher_epochs, job.train, spec.seed, device)
+    return model
+
+
+def state_dict_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state dict (on the CPU) as the bytes of a teacher-cache file."""
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def teacher_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "teachers" / f"{key}.pt"
+
+
+def save_teacher(cache_dir: Path, key: str, cfg: dict, blob: bytes) -> None:
+    """Put a trained teacher (`state_dict_bytes`) and its config in the cache, atomically."""
+    path = teacher_path(cache_dir, key)
+    atomic_write_bytes(path, blob)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(cfg, indent=1, sort_keys=True))
+
+
+def preload_teacher(ws: Workspace, spec: TeacherSpec, job: Job, teacher) -> None:
+    """Hand `ws` the teacher `spec` of `job` (a state dict, or a loaded module for a pretrained teacher): run_job
+    then takes it from memory and never trains it or reads the cache."""
+    if isinstance(teacher, dict):
+        model = build_model(spec.arch, model_input(ws.get_data(job.data))).to(ws.device)
+        model.load_state_dict(teacher)
+    else:
+        model = teacher.to(ws.device)
+    ws.teachers[teacher_key(teacher_config(spec, job))] = (spec, model.eval().requires_grad_(False))
 
 
 def load_state_dict(path: Path, device) -> dict:
@@ -274,13 +306,14 @@ def failures_dir(out: Path) -> Path:
     return Path(out) / "failures"
 
 
-def write_failure(out: Path, job: Job, error: BaseException) -> Path:
-    """A failed job leaves `failures/<job_id>.json` (reason + config) and `.log` (traceback); no record."""
+def write_failure(out: Path, job: Job, error: BaseException, details: str | None = None) -> Path:
+    """A failed job leaves `failures/<job_id>.json` (reason + config) and `.log` (traceback, or `details`: one
+    from another process); no record."""
     import traceback
 
     folder = failures_dir(out)
     log = folder / f"{job.job_id}.log"
-    atomic_write_text(log, "".join(traceback.format_exception(error)))
+    atomic_write_text(log, details if details is not None else "".join(traceback.format_exception(error)))
     info = {"job_id": job.job_id, "suite": job.suite, "label": job.label(),
             "reason": f"{type(error).__name__}: {error}", "config": job.config(), "traceback": log.name,
             "created": utc_now()}

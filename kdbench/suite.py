@@ -68,6 +68,16 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """`[executor]`: what one job gets on a Ray cluster (`run --executor ray`). Not part of job ids: who runs a
+    job never changes its numbers. `gpus_per_job` may be a fraction (0.5: two jobs share a GPU)."""
+
+    cpus_per_job: int = 1  # CPUs reserved per job; the job runs torch on that many threads
+    gpus_per_job: float = 0.0
+    max_retries: int = 2  # re-runs of a job whose worker process or node died, before it counts as failed
+
+
+@dataclass(frozen=True)
 class Pair:
     teacher: str
     student: str
@@ -118,6 +128,7 @@ class Suite:
     headline_eps: float
     source: str = ""
     check: CheckConfig = field(default_factory=CheckConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def jobs(self) -> list[Job]:
         """Teacher reference jobs first, then students: (pair, method, seed) in file order."""
@@ -190,7 +201,7 @@ class Job:
 # ---- loading ----------------------------------------------------------------------------------------------
 
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
-              "check"}
+              "check", "executor"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -327,7 +338,20 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
             raise KdbenchError(f"check.tolerance.{key} must be a number >= 0, got {tol!r}")
     if not check.k >= 0 or not check.floor >= 0:
         raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
-    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check)
+    executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
+    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check, executor)
+
+
+def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorConfig:
+    """Resource settings in range (`where` names them in errors: the suite's table or the CLI's flags)."""
+    if cfg.cpus_per_job < 1:
+        raise KdbenchError(f"{where}cpus_per_job must be an integer >= 1, got {cfg.cpus_per_job!r}")
+    if not cfg.gpus_per_job >= 0 or (cfg.gpus_per_job > 1 and cfg.gpus_per_job != int(cfg.gpus_per_job)):
+        raise KdbenchError(f"{where}gpus_per_job must be >= 0 (a fraction of one GPU, or a whole number), "
+                           f"got {cfg.gpus_per_job!r}")
+    if cfg.max_retries < 0:
+        raise KdbenchError(f"{where}max_retries must be >= 0, got {cfg.max_retries!r}")
+    return cfg
 
 
 def parse_methods(table: Any) -> tuple[MethodRun, ...]:

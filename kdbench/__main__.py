@@ -144,9 +144,9 @@ def cmd_run(args) -> int:
 
     suite = with_overrides(load_suite(args.suite), args.methods, args.seeds)
     out = args.out or Path("results") / suite.name
+    run_suite = _executor(args, suite)  # checks the executor's flags (a dry run too)
     if args.dry_run:
         return cmd_dry_run(suite, out, pick_device(args.device), args.quiet)
-    run_suite = _executor(args, suite)
     _check_run_inputs(suite, args)
     result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
                        data_dir=args.data_dir, download=args.download, corruptions_from=args.corruptions_from)
@@ -202,7 +202,8 @@ def cmd_reproduce(args) -> int:
     import tempfile
 
     from .records import validate_record
-    from .runner import Progress, Workspace, pick_device, run_job
+    from .gpu import configure_backend
+    from .runner import Progress, Workspace, job_gpu, pick_device, run_job
     from .suite import job_from_config
 
     try:
@@ -217,6 +218,7 @@ def cmd_reproduce(args) -> int:
         raise KdbenchError(f"the record's config hashes to {job.job_id}, not its job id {record['job_id']}: "
                            "it was edited or written by an incompatible version")
     device = pick_device(args.device)
+    configure_backend(job_gpu(job, device))
     with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
         ws = Workspace(device, args.cache_dir or Path(tmp))
         again = run_job(job, ws, Progress(1, args.quiet))

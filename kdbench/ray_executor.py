@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .errors import KdbenchError
+from .gpu import configure_backend
 from .records import load_records, write_record
 from .runner import (
     Progress,
@@ -35,6 +36,7 @@ from .runner import (
     Workspace,
     default_cache_dir,
     failures_dir,
+    job_gpu,
     preload_teacher,
     run_job,
     save_teacher,
@@ -120,6 +122,7 @@ def _decode_teacher(payload, device):
 def teacher_task(spec, job: Job, data_box: list, device_name: str, threads: int, gpus: float, name: str):
     """Train one teacher; returns (("state", name, checkpoint bytes), seconds). `name`: its cache file."""
     device = _worker_device(device_name, threads, gpus)
+    configure_backend(job_gpu(job, device))
     data = _worker_data(job.data, data_box, device)
     t0 = time.perf_counter()
     model = train_teacher(spec, job, data, device)
@@ -131,6 +134,7 @@ def job_task(job: Job, data_box: list, device_name: str, threads: int, gpus: flo
     import tempfile
 
     device = _worker_device(device_name, threads, gpus)
+    configure_backend(job_gpu(job, device))
     # the cache folder is never read: every teacher is preloaded (a worker has no access to the driver's cache)
     ws = Workspace(device, Path(tempfile.gettempdir()) / "kdbench-ray-unused", corruptions_from=corruptions_from)
     ws.data[job.data] = _worker_data(job.data, data_box, device)
@@ -278,7 +282,7 @@ def run_suite_ray(suite: Suite, out: Path, device_name: str = "auto", cache_dir:
     check_writable(out, "results folder")
     check_writable(cache_dir, "cache folder")
     with results_lock(out):
-        jobs = suite.jobs()
+        jobs = suite.jobs(res.gpus_per_job > 0)  # a job reserving a GPU runs on CUDA
         done = {r["job_id"] for r in load_records(out)[0]}
         todo = [j for j in jobs if j.job_id not in done]
         progress = Progress(len(jobs), quiet, stream)

@@ -19,6 +19,7 @@ import torch
 from . import data as data_mod
 from .augment import make_augmenter
 from .evaluate import evaluate
+from .gpu import autocast_dtype, configure_backend, place
 from .methods import METHODS, Batch, TeacherSpec, TrainContext
 from .models import ModelInput, build_model, count_macs, count_params
 from .records import atomic_write_bytes, atomic_write_text, environment, load_records, utc_now, write_record
@@ -99,7 +100,14 @@ def teacher_config(spec: TeacherSpec, job: Job) -> dict:
                      "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule}}
     if spec.kind == "adversarial":
         cfg["train"].update(adv_eps=t.adv_eps, adv_steps=t.adv_steps, adv_step_size=t.step_size())
+    if job.gpu is not None:  # trained on a GPU with these settings (mixed precision, ...)
+        cfg["gpu"] = dataclasses.asdict(job.gpu)
     return cfg
+
+
+def job_gpu(job: Job, device: torch.device):
+    """The [gpu] settings that apply to `job` on `device`: its own on CUDA, none on the CPU."""
+    return job.gpu if device.type == "cuda" else None
 
 
 def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) -> torch.nn.Module:
@@ -122,7 +130,7 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
             loaded = ws.teachers[("pretrained", job.pair.pretrained)] = (spec, model)
         ws.teachers[key] = loaded
         return loaded[1]
-    model = build_model(spec.arch, model_input(data)).to(ws.device)
+    model = place(build_model(spec.arch, model_input(data)), ws.device, job_gpu(job, ws.device))
     path = teacher_path(ws.cache_dir, key)
     if path.is_file():
         model.load_state_dict(load_state_dict(path, ws.device))
@@ -146,12 +154,13 @@ def train_teacher(spec: TeacherSpec, job: Job, data, device: torch.device) -> to
     kind = TEACHER_KINDS.get(spec.kind)
     params = {**kind.defaults, **dict(spec.params)}
     seed_everything(spec.seed)
-    model = build_model(spec.arch, model_input(data)).to(device)
+    gpu = job_gpu(job, device)
+    model = place(build_model(spec.arch, model_input(data)), device, gpu)
     objective = kind.objective(model, params, job.train)
     x, y = data.x_train, data.y_train
     augment = make_augmenter(job.data.augment, spec.seed, device) or (lambda xb: xb)
     fit(model, list(model.parameters()), lambda idx, p: objective(augment(x[idx]), y[idx], p), len(x),
-        job.train.teacher_epochs, job.train, spec.seed, device)
+        job.train.teacher_epochs, job.train, spec.seed, device, amp=autocast_dtype(gpu))
     return model
 
 
@@ -177,7 +186,7 @@ def preload_teacher(ws: Workspace, spec: TeacherSpec, job: Job, teacher) -> None
     """Hand `ws` the teacher `spec` of `job` (a state dict, or a loaded module for a pretrained teacher): run_job
     then takes it from memory and never trains it or reads the cache."""
     if isinstance(teacher, dict):
-        model = build_model(spec.arch, model_input(ws.get_data(job.data))).to(ws.device)
+        model = place(build_model(spec.arch, model_input(ws.get_data(job.data))), ws.device, job_gpu(job, ws.device))
         model.load_state_dict(teacher)
     else:
         model = teacher.to(ws.device)
@@ -198,7 +207,8 @@ def load_state_dict(path: Path, device) -> dict:
 def train_student(job: Job, data, teachers: list, ws: Workspace) -> tuple[torch.nn.Module, list[dict]]:
     cls = METHODS.get(job.method)
     seed_everything(job.seed)
-    student = build_model(job.pair.student, model_input(data)).to(ws.device)
+    gpu = job_gpu(job, ws.device)
+    student = place(build_model(job.pair.student, model_input(data)), ws.device, gpu)
     t = job.train
     ctx = TrainContext(num_classes=data.num_classes, input_shape=data.shape, epochs=t.epochs, adv_eps=t.adv_eps, adv_steps=t.adv_steps,
                        adv_step_size=t.step_size())
@@ -216,7 +226,8 @@ def train_student(job: Job, data, teachers: list, ws: Workspace) -> tuple[torch.
             logits = [tm(xb) for tm in teachers] if cls.uses_teacher_logits else []
         return distiller.losses(Batch(xb, y[idx], logits, progress))
 
-    history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device)
+    history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device,
+                  amp=autocast_dtype(gpu))
     return distiller.student.eval(), history
 
 
@@ -335,8 +346,10 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
                    download=download, corruptions_from=corruptions_from)
     check_writable(out, "results folder")
     check_writable(ws.cache_dir, "cache folder")
+    cuda = device.type == "cuda"
+    configure_backend(suite.gpu if cuda else None)
     with results_lock(out):
-        jobs = suite.jobs()
+        jobs = suite.jobs(cuda)
         done = {r["job_id"] for r in load_records(out)[0]}
         todo = [j for j in jobs if j.job_id not in done]
         progress = Progress(len(jobs), quiet, stream)

@@ -23,6 +23,7 @@ from .corruptions import CORRUPTIONS
 from .data import DATASETS, DataConfig, resolve_data_config
 from .data import config_dict as data_config_dict
 from .errors import KdbenchError
+from .gpu import GpuConfig, check_gpu
 from .methods import METHODS, TeacherSpec
 from .models import MODELS
 from .pretrained import PretrainedTeacher, parse_teacher_table
@@ -129,15 +130,18 @@ class Suite:
     source: str = ""
     check: CheckConfig = field(default_factory=CheckConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
 
-    def jobs(self) -> list[Job]:
-        """Teacher reference jobs first, then students: (pair, method, seed) in file order."""
+    def jobs(self, cuda: bool = False) -> list[Job]:
+        """Teacher reference jobs first, then students: (pair, method, seed) in file order. `cuda`: the jobs
+        run on a GPU, so they carry the suite's `[gpu]` settings (which then enter their ids)."""
+        gpu = self.gpu if cuda else None
         students, teachers = [], {}
         for pair in self.pairs:
             for m in self.methods:
                 for seed in self.seeds:
                     job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
-                              self.headline_eps)
+                              self.headline_eps, gpu)
                     students.append(job)
                     for spec in job.teacher_specs():
                         if spec.seed not in self.seeds:  # e.g. extra ensemble members: trained, not reported
@@ -145,7 +149,7 @@ class Suite:
                         if pair.pretrained is not None:  # loaded, not trained: one reference job for all
                             spec = TeacherSpec(spec.arch, "pretrained", self.seeds[0])
                         ref = Job(self.name, self.data, Pair(spec.arch, spec.arch, pair.pretrained), "teacher",
-                                  spec.params, spec.kind, spec.seed, self.train, self.eval, self.headline_eps)
+                                  spec.params, spec.kind, spec.seed, self.train, self.eval, self.headline_eps, gpu)
                         teachers.setdefault(ref.job_id, ref)
         return list(teachers.values()) + students
 
@@ -162,6 +166,7 @@ class Job:
     train: TrainConfig
     eval: EvalConfig
     headline_eps: float
+    gpu: GpuConfig | None = None  # the [gpu] settings of a job that runs on CUDA; None on the CPU
 
     @property
     def is_teacher(self) -> bool:
@@ -185,6 +190,7 @@ class Job:
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
             "headline_eps": self.headline_eps,
+            **({"gpu": dataclasses.asdict(self.gpu)} if self.gpu is not None else {}),
         }
 
     @property
@@ -201,7 +207,7 @@ class Job:
 # ---- loading ----------------------------------------------------------------------------------------------
 
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
-              "check", "executor"}
+              "check", "executor", "gpu"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -339,7 +345,9 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     if not check.k >= 0 or not check.floor >= 0:
         raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
-    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check, executor)
+    gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
+    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check, executor,
+                 gpu)
 
 
 def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorConfig:
@@ -421,6 +429,7 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
             train=from_table(TrainConfig, config["train"], "config.train"),
             eval=from_table(EvalConfig, config["eval"], "config.eval"),
             headline_eps=config["headline_eps"],
+            gpu=check_gpu(from_table(GpuConfig, config["gpu"], "config.gpu")) if "gpu" in config else None,
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise KdbenchError(f"the record's config is incomplete or malformed ({type(e).__name__}: {e})") from None

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch.nn.functional as F
 import torchattacks
 
+from .gpu import full_precision
 from .registry import Registry
 
 TEACHER_KINDS: Registry = Registry("teacher kind")
@@ -43,7 +44,8 @@ def _adversarial(model, params, train_cfg):
                               random_start=True)
 
     def objective(x, y, progress):
-        x_adv = attack(x, y)  # torchattacks switches to eval for the attack and restores train mode
+        with full_precision(x):  # float32 even under autocast (GPU runs)
+            x_adv = attack(x, y)  # torchattacks switches to eval for the attack and restores train mode
         return {"adv_ce": F.cross_entropy(model(x_adv), y)}
 
     return objective

@@ -40,10 +40,17 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 
 def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[torch.Tensor, float], dict],
-        n: int, epochs: int, cfg, seed: int, device: torch.device, on_epoch: Callable | None = None) -> list[dict]:
-    """Train `params` for `epochs` over `n` examples. Returns the per-epoch mean of each loss term."""
+        n: int, epochs: int, cfg, seed: int, device: torch.device, on_epoch: Callable | None = None,
+        amp: torch.dtype | None = None) -> list[dict]:
+    """Train `params` for `epochs` over `n` examples. Returns the per-epoch mean of each loss term.
+
+    `amp`: run each step's losses under autocast to this dtype (GPU runs, see gpu.py); float16 scales the
+    loss against gradient underflow (a step whose gradients overflow is skipped by the scaler)."""
+    from .gpu import training_precision
+
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(params, cfg)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     bs = min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
     total = epochs * steps_per_epoch
@@ -61,14 +68,20 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
             idx = perm[b * bs:(b + 1) * bs]
             if len(idx) < 2:  # batch norm cannot train on a single example
                 continue
-            losses = step_losses(idx, step / total)
-            loss = sum(losses.values())
+            with training_precision(device, amp):
+                losses = step_losses(idx, step / total)
+                loss = sum(losses.values())
             if not torch.isfinite(loss):
                 terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1}, step {b + 1} ({terms})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             if sched is not None:
                 sched.step()
             step += 1

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
+from ..gpu import full_precision
 from .base import Batch, Distiller, kd_loss, kl_soft, register_method
 
 
@@ -26,8 +27,10 @@ class AdversarialDistiller(Distiller):
 
     def perturb(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """x' maximising CE(student(x'), target) (hard labels) or KL(target || student(x')) (soft labels).
-        torchattacks runs the attack in eval mode and restores the student's training mode."""
-        return self.pgd(x, target).detach()
+        torchattacks runs the attack in eval mode and restores the student's training mode; the attack runs in
+        float32 even when the training step runs under autocast (GPU)."""
+        with full_precision(x):
+            return self.pgd(x, target).detach()
 
 
 @register_method("ard")

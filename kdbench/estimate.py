@@ -176,7 +176,7 @@ def eval_grad_steps(ev) -> int:
 def estimate(suite: Suite, device, progress=print) -> dict:
     """Per job: epochs and estimated train/eval seconds on `device`; and the totals."""
     ds = data_shape(suite)
-    jobs = suite.jobs()
+    jobs = suite.jobs(torch.device(device).type == "cuda")
     t = suite.train
     archs = set()
     for j in jobs:
@@ -192,6 +192,10 @@ def estimate(suite: Suite, device, progress=print) -> dict:
     steps_per_epoch = math.ceil(ds.n_train / min(t.batch_size, ds.n_train))
     examples = steps_per_epoch * min(t.batch_size, ds.n_train)
     rows = []
+    sharing: dict = {}
+    for job in jobs:
+        if not job.is_teacher and job.teacher_specs():
+            sharing[_transfer_key(job)] = sharing.get(_transfer_key(job), 0) + 1
     for job in jobs:
         passes = count_passes(job, ds)
         teacher_arch = job.pair.pretrained.arch if job.pair.pretrained is not None else job.pair.teacher
@@ -216,10 +220,16 @@ def estimate(suite: Suite, device, progress=print) -> dict:
         eval_s = ds.n_test * (eval_grad_steps(ev) * model_cost["fb"]
                               + (2 + len(ev.corruptions) * len(ev.severities)) * model_cost["f"])
         if not job.is_teacher and ev.transfer and job.teacher_specs():
-            eval_s += ds.n_test * len(ev.eps) * ev.pgd_steps * t_cost["fb"] / max(len(suite.seeds), 1)
+            # crafted once per (teacher, seed) and shared by the jobs of that teacher and seed
+            eval_s += ds.n_test * len(ev.eps) * ev.pgd_steps * t_cost["fb"] / sharing[_transfer_key(job)]
         rows.append({"job": job, "epochs": epochs, "train_s": train_s, "eval_s": eval_s})
     return {"data": ds, "rows": rows, "costs": costs, "steps_per_epoch": steps_per_epoch,
             "train_s": sum(r["train_s"] for r in rows), "eval_s": sum(r["eval_s"] for r in rows)}
+
+
+def _transfer_key(job: Job):
+    """What a student's transfer examples depend on: its (first) teacher and its seed."""
+    return job.teacher_specs()[0], job.seed
 
 
 def _hours(seconds: float) -> str:

@@ -22,6 +22,13 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _bars(means, stds) -> list[list[float]]:
+    """Error bars of mean ± std (in %) cut at the axis' physical limits: an accuracy is never below 0 or
+    above 100 %, so a bar reaching past 100 % would show a value no seed can have."""
+    means, stds = [float(m) for m in means], [float(sd) for sd in stds]
+    return [[min(sd, m) for m, sd in zip(means, stds)], [min(sd, 100.0 - m) for m, sd in zip(means, stds)]]
+
+
 def _metric_columns(summary: pd.DataFrame, prefix: str) -> list[tuple[float, str]]:
     found = []
     for col in summary.columns:
@@ -57,8 +64,9 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
         if f"robust@{e}:mean" not in r or pd.isna(r[f"robust@{e}:mean"]):
             continue
         st = styles[idx]
-        ax.errorbar(100 * r["clean:mean"], 100 * r[f"robust@{e}:mean"], xerr=100 * r["clean:std"],
-                    yerr=100 * r[f"robust@{e}:std"], fmt=st["marker"], ms=st["ms"], color=st["color"], capsize=3,
+        ax.errorbar(100 * r["clean:mean"], 100 * r[f"robust@{e}:mean"],
+                    xerr=_bars([100 * r["clean:mean"]], [100 * r["clean:std"]]),
+                    yerr=_bars([100 * r[f"robust@{e}:mean"]], [100 * r[f"robust@{e}:std"]]), fmt=st["marker"], ms=st["ms"], color=st["color"], capsize=3,
                     label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
@@ -79,7 +87,7 @@ def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
             continue
         xs, ys, sd = zip(*pts)
         st = styles[idx]
-        ax.errorbar(xs, [100 * v for v in ys], yerr=[100 * v for v in sd], ls=st["ls"], marker="o", ms=3,
+        ax.errorbar(xs, [100 * v for v in ys], yerr=_bars([100 * v for v in ys], [100 * v for v in sd]), ls=st["ls"], marker="o", ms=3,
                     capsize=2, color=st["color"], label=st["label"])
     ax.set_xlabel("eps (L-inf, [0, 1] pixel scale)")
     ax.set_ylabel("accuracy under the worst of PGD and APGD-DLR (%)")
@@ -114,7 +122,7 @@ def accuracy_vs_severity(summary: pd.DataFrame, path: Path) -> None:
             ys = [100 * r["clean:mean"]] + [100 * r[f"corruption/{name}/{s}:mean"] for s in sev]
             sd = [100 * r["clean:std"]] + [100 * r[f"corruption/{name}/{s}:std"] for s in sev]
             st = styles[idx]
-            ax.errorbar(xs, ys, yerr=sd, ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
+            ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
                         label=st["label"])
         ax.set_title(name.replace("_", " "))
         ax.set_xticks(range(0, 6))
@@ -139,8 +147,9 @@ def robustness_vs_size(summary: pd.DataFrame, path: Path, headline_eps: float) -
     cmap = plt.get_cmap("tab20")
     for i, (label, g) in enumerate(students.groupby("label", sort=True)):
         g = g.sort_values("model_params")
-        ax.errorbar(g["model_params"], 100 * g[f"robust@{e}:mean"], yerr=100 * g[f"robust@{e}:std"], marker="o",
-                    capsize=3, color=cmap(i % 20), label=label)
+        mean, std = 100 * g[f"robust@{e}:mean"], 100 * g[f"robust@{e}:std"]
+        ax.errorbar(g["model_params"], mean, yerr=_bars(mean, std), marker="o", capsize=3, color=cmap(i % 20),
+                    label=label)
     ax.set_xscale("log")
     ax.set_xlabel("student parameters (log scale)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")

@@ -221,3 +221,10 @@ def test_check_run_reruns_into_a_fresh_folder_and_compares(tmp_path, tiny_suite)
     again = run_cli("check", "--suite", tiny_suite, "--results", results, "--run", "--out", fresh, "--quiet")
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(list((fresh / "records").glob("*.json"))) == 6 and "0 regressed" in again.stdout
+
+
+def test_error_bars_stop_at_the_limits_of_an_accuracy():
+    from kdbench.plots import _bars
+
+    lower, upper = _bars([99.8, 50.0, 1.0], [0.5, 10.0, 3.0])
+    assert lower == pytest.approx([0.5, 10.0, 1.0]) and upper == pytest.approx([0.2, 10.0, 3.0])

@@ -19,6 +19,7 @@ measurement of the suite.
 from __future__ import annotations
 
 import math
+from collections import Counter
 import time
 from dataclasses import dataclass
 
@@ -192,10 +193,7 @@ def estimate(suite: Suite, device, progress=print) -> dict:
     steps_per_epoch = math.ceil(ds.n_train / min(t.batch_size, ds.n_train))
     examples = steps_per_epoch * min(t.batch_size, ds.n_train)
     rows = []
-    sharing: dict = {}
-    for job in jobs:
-        if not job.is_teacher and job.teacher_specs():
-            sharing[_transfer_key(job)] = sharing.get(_transfer_key(job), 0) + 1
+    sharing = Counter(_transfer_key(job) for job in jobs if not job.is_teacher and job.teacher_specs())
     for job in jobs:
         passes = count_passes(job, ds)
         teacher_arch = job.pair.pretrained.arch if job.pair.pretrained is not None else job.pair.teacher

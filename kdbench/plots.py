@@ -66,8 +66,8 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
         st = styles[idx]
         ax.errorbar(100 * r["clean:mean"], 100 * r[f"robust@{e}:mean"],
                     xerr=_bars([100 * r["clean:mean"]], [100 * r["clean:std"]]),
-                    yerr=_bars([100 * r[f"robust@{e}:mean"]], [100 * r[f"robust@{e}:std"]]), fmt=st["marker"], ms=st["ms"], color=st["color"], capsize=3,
-                    label=st["label"])
+                    yerr=_bars([100 * r[f"robust@{e}:mean"]], [100 * r[f"robust@{e}:std"]]), fmt=st["marker"],
+                    ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
     ax.set_title("Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")
@@ -87,8 +87,9 @@ def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
             continue
         xs, ys, sd = zip(*pts)
         st = styles[idx]
-        ax.errorbar(xs, [100 * v for v in ys], yerr=_bars([100 * v for v in ys], [100 * v for v in sd]), ls=st["ls"], marker="o", ms=3,
-                    capsize=2, color=st["color"], label=st["label"])
+        ys, sd = [100 * v for v in ys], [100 * v for v in sd]
+        ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
+                    label=st["label"])
     ax.set_xlabel("eps (L-inf, [0, 1] pixel scale)")
     ax.set_ylabel("accuracy under the worst of PGD and APGD-DLR (%)")
     ax.set_title("Accuracy vs eps (mean ± std over seeds; dashed = teachers)")

@@ -29,15 +29,16 @@ from pathlib import Path
 
 from .errors import KdbenchError
 from .gpu import configure_backend
-from .records import load_records, write_record
+from .records import load_records
 from .runner import (
     Progress,
     RunResult,
     Workspace,
     default_cache_dir,
-    failures_dir,
     job_gpu,
+    load_state_dict,
     preload_teacher,
+    record_result,
     run_job,
     save_teacher,
     state_dict_bytes,
@@ -107,16 +108,10 @@ def _worker_transfer() -> dict:
 
 def _decode_teacher(payload, device):
     """A teacher from the object store: ("state", name, checkpoint bytes) or ("module", name, nn.Module)."""
-    import torch
-
     kind, name, value = payload
     if kind == "module":
         return value
-    try:
-        return torch.load(io.BytesIO(value), map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle safely is a bad checkpoint
-        raise KdbenchError(f"cannot load checkpoint {name!r} as a plain state dict: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return load_state_dict(io.BytesIO(value), device, name)
 
 
 def teacher_task(spec, job: Job, data_box: list, device_name: str, threads: int, gpus: float, name: str):
@@ -447,9 +442,7 @@ class _GridRun:
             self._fail(job, error, details)
             self.line(f"failed {job.label()}")
             return
-        write_record(self.out, record)
-        for stale in (failures_dir(self.out) / f"{job.job_id}.json", failures_dir(self.out) / f"{job.job_id}.log"):
-            stale.unlink(missing_ok=True)
+        record_result(self.out, record)
         for k, v in profile.items():
             self.profile[k] = self.profile.get(k, 0.0) + v
         self.ran += 1

@@ -130,9 +130,9 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
             loaded = ws.teachers[("pretrained", job.pair.pretrained)] = (spec, model)
         ws.teachers[key] = loaded
         return loaded[1]
-    model = place(build_model(spec.arch, model_input(data)), ws.device, job_gpu(job, ws.device))
     path = teacher_path(ws.cache_dir, key)
     if path.is_file():
+        model = place(build_model(spec.arch, model_input(data)), ws.device, job_gpu(job, ws.device))
         model.load_state_dict(load_state_dict(path, ws.device))
     else:
         t0 = time.perf_counter()
@@ -186,21 +186,23 @@ def preload_teacher(ws: Workspace, spec: TeacherSpec, job: Job, teacher) -> None
     """Hand `ws` the teacher `spec` of `job` (a state dict, or a loaded module for a pretrained teacher): run_job
     then takes it from memory and never trains it or reads the cache."""
     if isinstance(teacher, dict):
-        model = place(build_model(spec.arch, model_input(ws.get_data(job.data))), ws.device, job_gpu(job, ws.device))
+        inp = model_input(ws.get_data(job.data))
+        model = place(build_model(spec.arch, inp), ws.device, job_gpu(job, ws.device))
         model.load_state_dict(teacher)
     else:
         model = teacher.to(ws.device)
     ws.teachers[teacher_key(teacher_config(spec, job))] = (spec, model.eval().requires_grad_(False))
 
 
-def load_state_dict(path: Path, device) -> dict:
-    """A state dict from disk, never executing code (`weights_only=True`)."""
+def load_state_dict(source, device, name: str | None = None) -> dict:
+    """A state dict from a file path or a file-like object (`name` says which in errors), never executing code
+    (`weights_only=True`)."""
     from .errors import KdbenchError
 
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(source, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle safely is a bad checkpoint
-        raise KdbenchError(f"cannot load checkpoint {str(path)!r} as a plain state dict: {type(e).__name__}: "
+        raise KdbenchError(f"cannot load checkpoint {name or str(source)!r} as a plain state dict: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
@@ -210,8 +212,8 @@ def train_student(job: Job, data, teachers: list, ws: Workspace) -> tuple[torch.
     gpu = job_gpu(job, ws.device)
     student = place(build_model(job.pair.student, model_input(data)), ws.device, gpu)
     t = job.train
-    ctx = TrainContext(num_classes=data.num_classes, input_shape=data.shape, epochs=t.epochs, adv_eps=t.adv_eps, adv_steps=t.adv_steps,
-                       adv_step_size=t.step_size())
+    ctx = TrainContext(num_classes=data.num_classes, input_shape=data.shape, epochs=t.epochs, adv_eps=t.adv_eps,
+                       adv_steps=t.adv_steps, adv_step_size=t.step_size())
     distiller = cls(student, teachers, dict(job.params), ctx).to(ws.device)
     x, y = data.x_train, data.y_train
     augment = make_augmenter(job.data.augment, job.seed, ws.device)
@@ -333,6 +335,13 @@ def write_failure(out: Path, job: Job, error: BaseException, details: str | None
     return path
 
 
+def record_result(out: Path, record: dict) -> None:
+    """Write a finished job's record; a failure left by an earlier run of the same job goes."""
+    write_record(out, record)
+    for stale in (failures_dir(out) / f"{record['job_id']}.json", failures_dir(out) / f"{record['job_id']}.log"):
+        stale.unlink(missing_ok=True)
+
+
 def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | None = None, quiet: bool = False,
               stream=None, fail_fast: bool = False, data_dir: Path | None = None, download: bool = False,
               corruptions_from: Path | None = None) -> RunResult:
@@ -366,9 +375,7 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
                 if fail_fast:
                     break
             else:
-                write_record(out, record)
-                for stale in (failures_dir(out) / f"{job.job_id}.json", failures_dir(out) / f"{job.job_id}.log"):
-                    stale.unlink(missing_ok=True)
+                record_result(out, record)
             progress.done += 1
     return RunResult(len(jobs), len(jobs) - len(todo), len(todo) - len(failed), failed, ws.profile,
                      time.perf_counter() - t_start)

@@ -42,33 +42,69 @@ def _number(kind, low: float):
     return parse
 
 
+def _workers(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}")
+    return value
+
+
 def _add_executor_args(p) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: one job at a time in this process (default); ray: every job a task on a Ray "
+                   help="local: jobs on worker processes of this machine (default); ray: every job a task on a Ray "
                         "cluster (pip install 'kdbench[ray]')")
+    p.add_argument("--workers", type=_workers, metavar="N|auto",
+                   help="with --executor local: jobs run at once, each in its own process; 1 runs them one "
+                        "after another in this process (default auto: on the CPU, the usable cores divided by "
+                        "--cpus-per-job; on CUDA, 1)")
     p.add_argument("--address", help="with --executor ray: the cluster to use, HOST:PORT of its head or 'auto' "
                                       "(default: start a Ray instance on this machine)")
     p.add_argument("--cpus-per-job", type=_number(int, 1), metavar="N",
-                   help="with --executor ray: CPUs (torch threads) per job (default: the suite's [executor] "
-                        "cpus_per_job, else 1)")
+                   help="CPUs per job: the job runs torch on that many threads, and its numbers depend on it "
+                        "(default: the suite's [executor] cpus_per_job, else 1)")
     p.add_argument("--gpus-per-job", type=_number(float, 0), metavar="G",
                    help="with --executor ray: GPUs per job, a fraction shares one (default: the suite's, else 0)")
     p.add_argument("--max-retries", type=_number(int, 0), metavar="N",
                    help="with --executor ray: re-runs of a job whose worker died (default: the suite's, else 2)")
 
 
+def usable_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def local_workers(requested, device, cpus_per_job: int) -> int:
+    """How many jobs the local executor runs at once: `requested`, or for 'auto' (None) one per `cpus_per_job`
+    usable cores on the CPU and one on CUDA (a GPU is shared only when asked)."""
+    if requested not in (None, "auto"):
+        return requested
+    return 1 if device.type == "cuda" else max(1, usable_cores() // cpus_per_job)
+
+
 def _executor(args, suite):
     """The chosen executor as run(out, **run_suite options) -> RunResult; its inputs are checked, nothing runs."""
+    from .suite import check_executor
+
     if args.executor == "local":
-        given = [flag for flag, v in (("--address", args.address), ("--cpus-per-job", args.cpus_per_job),
-                                      ("--gpus-per-job", args.gpus_per_job), ("--max-retries", args.max_retries))
-                 if v is not None]
+        given = [flag for flag, v in (("--address", args.address), ("--gpus-per-job", args.gpus_per_job),
+                                      ("--max-retries", args.max_retries)) if v is not None]
         if given:
             raise KdbenchError(f"{', '.join(given)} only apply to --executor ray")
         from .runner import pick_device, run_suite
 
         device = pick_device(args.device)
-        return lambda out, **kw: run_suite(suite, out, device, **kw)
+        threads = args.cpus_per_job or check_executor(suite.executor).cpus_per_job
+        workers = local_workers(args.workers, device, threads)
+        return lambda out, **kw: run_suite(suite, out, device, workers=workers, threads=threads, **kw)
+    if args.workers is not None:
+        raise KdbenchError("--workers only applies to --executor local (Ray runs as many jobs as the cluster has "
+                           "room for: see --cpus-per-job)")
     from .ray_executor import prepare
 
     return prepare(suite, args.device, args.address, args.cpus_per_job, args.gpus_per_job, args.max_retries)
@@ -219,9 +255,18 @@ def cmd_reproduce(args) -> int:
                            "it was edited or written by an incompatible version")
     device = pick_device(args.device)
     configure_backend(job_gpu(job, device))
-    with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
-        ws = Workspace(device, args.cache_dir or Path(tmp))
-        again = run_job(job, ws, Progress(1, args.quiet))
+    import torch
+
+    threads_before = torch.get_num_threads()
+    threads = record.get("env", {}).get("threads")  # the numbers depend on the threads the job ran on
+    if isinstance(threads, int) and threads >= 1:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
+            ws = Workspace(device, args.cache_dir or Path(tmp))
+            again = run_job(job, ws, Progress(1, args.quiet))
+    finally:
+        torch.set_num_threads(threads_before)
     worst = 0.0
     rows = []
     for name in sorted(set(record["metrics"]) | set(again["metrics"])):
@@ -345,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except KdbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # every finished record is on disk; a re-run resumes after them
+        print("stopped by Ctrl-C; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

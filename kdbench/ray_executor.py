@@ -45,13 +45,13 @@ from .runner import (
     teacher_config,
     teacher_path,
     train_teacher,
+    trim_transfer,
     write_failure,
 )
 from .suite import ExecutorConfig, Job, Suite, check_executor
 from .teachers import teacher_key
 
 HEARTBEAT_SECONDS = 60.0  # a progress line at least this often while jobs run
-TRANSFER_BUDGET = 256 * 2**20  # bytes of transfer examples a worker process keeps for its next jobs
 
 
 class WorkerDied(RuntimeError):
@@ -96,14 +96,8 @@ def _worker_data(cfg, data_box: list, device):
 
 
 def _worker_transfer() -> dict:
-    """Transfer examples crafted on a teacher by earlier jobs of this worker (they depend only on the teacher,
-    the seed and the eval config), kept up to TRANSFER_BUDGET bytes, oldest dropped first."""
-    cache = _WORKER.setdefault("transfer", {})
-    size = {k: sum(t.numel() * t.element_size() for t in v.values()) for k, v in cache.items()}
-    while cache and sum(size.values()) > TRANSFER_BUDGET:
-        size.pop(oldest := next(iter(cache)))
-        cache.pop(oldest)
-    return cache
+    """Transfer examples crafted on a teacher by earlier jobs of this worker (`runner.trim_transfer`)."""
+    return trim_transfer(_WORKER.setdefault("transfer", {}))
 
 
 def _decode_teacher(payload, device):
@@ -371,7 +365,7 @@ class _GridRun:
 
     def _teacher(self, spec, job: Job, data_box: list) -> str:
         """The key of the teacher `spec` of `job`, its payload put in the object store or being trained."""
-        cfg = teacher_config(spec, job)
+        cfg = teacher_config(spec, job, self.res.cpus_per_job)
         key = teacher_key(cfg)
         if key in self.teachers:
             return key

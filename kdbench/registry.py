@@ -13,6 +13,8 @@ from .errors import choices_error
 
 T = TypeVar("T")
 
+_REGISTRIES: dict[str, "Registry"] = {}  # kind -> its registry, every one made in this process
+
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
@@ -25,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        _REGISTRIES[kind] = self
 
     def register(self, name: str, summary: str = "") -> Callable[[T], T]:
         """Decorator: `@MODELS.register("cnn-small", "...")`. Registering a name twice is an error."""
@@ -64,3 +67,35 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def portable_entries() -> list[tuple[str, bytes]]:
+    """Every registered entry that pickles (by reference: its module must be importable), as (kind, pickle).
+    Worker processes `adopt_entries` them, so a method, model, ... that a script or a test registered at run
+    time exists there too; kdbench's own entries are there already and are skipped."""
+    import pickle
+
+    found = []
+    for kind, reg in _REGISTRIES.items():
+        for entry in reg.entries():
+            try:
+                found.append((kind, pickle.dumps(entry)))
+            except Exception:  # noqa: BLE001, S112 - a lambda or local class: that entry stays in this process
+                continue
+    return found
+
+
+def adopt_entries(entries: list[tuple[str, bytes]]) -> None:
+    """Add the entries of `portable_entries` (from another process) that this process lacks."""
+    import pickle
+
+    for kind, blob in entries:
+        reg = _REGISTRIES.get(kind)
+        if reg is None:
+            continue
+        try:
+            entry = pickle.loads(blob)
+        except Exception:  # noqa: BLE001, S112 - its module does not import here: jobs using it fail by name
+            continue
+        if entry.name not in reg:
+            reg._entries[entry.name] = entry

@@ -88,11 +88,26 @@ class Workspace:
         return self.data[cfg]
 
 
+TRANSFER_BUDGET = 256 * 2**20  # bytes of transfer examples a worker process keeps for its next jobs
+
+
+def trim_transfer(cache: dict, budget: int = TRANSFER_BUDGET) -> dict:
+    """Drop the oldest entries of a transfer cache ((teacher, seed, eval) -> {eps: examples}) until it holds at
+    most `budget` bytes; they depend only on their key, so a later job may craft them again."""
+    size = {k: sum(t.numel() * t.element_size() for t in v.values()) for k, v in cache.items()}
+    while cache and sum(size.values()) > budget:
+        size.pop(oldest := next(iter(cache)))
+        cache.pop(oldest)
+    return cache
+
+
 def model_input(data) -> ModelInput:
     return ModelInput(data.shape, data.num_classes, data.mean, data.std)
 
 
-def teacher_config(spec: TeacherSpec, job: Job) -> dict:
+def teacher_config(spec: TeacherSpec, job: Job, threads: int) -> dict:
+    """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
+    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead)."""
     t = job.train
     cfg = {"format": 1, "data": data_mod.config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
            "params": dict(spec.params), "seed": spec.seed,
@@ -102,6 +117,8 @@ def teacher_config(spec: TeacherSpec, job: Job) -> dict:
         cfg["train"].update(adv_eps=t.adv_eps, adv_steps=t.adv_steps, adv_step_size=t.step_size())
     if job.gpu is not None:  # trained on a GPU with these settings (mixed precision, ...)
         cfg["gpu"] = dataclasses.asdict(job.gpu)
+    else:
+        cfg["threads"] = threads
     return cfg
 
 
@@ -112,7 +129,7 @@ def job_gpu(job: Job, device: torch.device):
 
 def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) -> torch.nn.Module:
     """The trained teacher for `spec`: from memory, from the disk cache, or trained now and cached."""
-    cfg = teacher_config(spec, job)
+    cfg = teacher_config(spec, job, torch.get_num_threads())  # trained here, now, if not cached
     key = teacher_key(cfg)
     if key in ws.teachers:
         return ws.teachers[key][1]
@@ -191,7 +208,8 @@ def preload_teacher(ws: Workspace, spec: TeacherSpec, job: Job, teacher) -> None
         model.load_state_dict(teacher)
     else:
         model = teacher.to(ws.device)
-    ws.teachers[teacher_key(teacher_config(spec, job))] = (spec, model.eval().requires_grad_(False))
+    key = teacher_key(teacher_config(spec, job, torch.get_num_threads()))
+    ws.teachers[key] = (spec, model.eval().requires_grad_(False))
 
 
 def load_state_dict(source, device, name: str | None = None) -> dict:
@@ -230,7 +248,8 @@ def train_student(job: Job, data, teachers: list, ws: Workspace) -> tuple[torch.
 
     history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device,
                   amp=autocast_dtype(gpu))
-    return distiller.student.eval(), history
+    # evaluation needs gradients with respect to the inputs only: none for the weights (cheaper attacks)
+    return distiller.student.eval().requires_grad_(False), history
 
 
 def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
@@ -252,7 +271,7 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
     t1 = time.perf_counter()
     transfer_cache = None
     if source is not None:
-        key = (teacher_key(teacher_config(specs[0], job)), job.seed, repr(job.eval))
+        key = (teacher_key(teacher_config(specs[0], job, torch.get_num_threads())), job.seed, repr(job.eval))
         transfer_cache = ws.transfer.setdefault(key, {})
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
@@ -344,9 +363,12 @@ def record_result(out: Path, record: dict) -> None:
 
 def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | None = None, quiet: bool = False,
               stream=None, fail_fast: bool = False, data_dir: Path | None = None, download: bool = False,
-              corruptions_from: Path | None = None) -> RunResult:
+              corruptions_from: Path | None = None, workers: int = 1, threads: int | None = None) -> RunResult:
     """Run every job of `suite` whose record is not in `out` yet. A job that raises (a diverging loss, a bad
-    checkpoint, ...) is recorded under failures/ and the rest of the suite goes on (or stops, `fail_fast`)."""
+    checkpoint, ...) is recorded under failures/ and the rest of the suite goes on (or stops, `fail_fast`).
+
+    `workers` > 1 runs the jobs on that many spawned processes (pool_executor.py), else one at a time in this
+    process. `threads`: torch threads per job (None: as torch is set now); the numbers depend on it."""
     from .safety import check_writable, results_lock
 
     t_start = time.perf_counter()
@@ -357,25 +379,59 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
     check_writable(ws.cache_dir, "cache folder")
     cuda = device.type == "cuda"
     configure_backend(suite.gpu if cuda else None)
+    threads_before = torch.get_num_threads()
     with results_lock(out):
         jobs = suite.jobs(cuda)
         done = {r["job_id"] for r in load_records(out)[0]}
         todo = [j for j in jobs if j.job_id not in done]
         progress = Progress(len(jobs), quiet, stream)
-        progress.say(f"suite {suite.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, device {device}")
-        failed = []
-        for job in todo:
-            progress.job(len(jobs) - len(todo) + progress.done + 1, job.label())
-            try:
-                record = run_job(job, ws, progress)
-            except Exception as e:  # noqa: BLE001 - any job error is recorded; the grid goes on
-                path = write_failure(out, job, e)
-                failed.append((job, f"{type(e).__name__}: {e}"))
-                progress.say(f"    FAILED: {type(e).__name__}: {e} (details in {path})")
-                if fail_fast:
-                    break
-            else:
-                record_result(out, record)
-            progress.done += 1
+        workers = max(1, min(workers, len(todo)))
+        how = f"{workers} workers" if workers > 1 else "1 worker"
+        progress.say(f"suite {suite.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, device {device}, "
+                     f"{how}")
+        if workers > 1:
+            from .pool_executor import run_pool
+
+            if download or suite.data.download:  # once, here, rather than by every worker at the same time
+                _fetch_data(todo, data_dir)
+            outcome = run_pool(todo, out, device, workers, threads or threads_before, ws.cache_dir, progress,
+                               fail_fast, data_dir, download, corruptions_from)
+            return RunResult(len(jobs), len(jobs) - len(todo), outcome.ran, outcome.failed, outcome.profile,
+                             time.perf_counter() - t_start)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            failed = _run_here(todo, jobs, out, ws, progress, fail_fast)
+        finally:
+            torch.set_num_threads(threads_before)
     return RunResult(len(jobs), len(jobs) - len(todo), len(todo) - len(failed), failed, ws.profile,
                      time.perf_counter() - t_start)
+
+
+def _fetch_data(jobs: list[Job], data_dir) -> None:
+    """Load (and so download) each dataset of `jobs` once; a failure is left to the jobs, which report it."""
+    for cfg in dict.fromkeys(j.data for j in jobs):
+        try:
+            data_mod.load_data(cfg, data_dir, True)
+        except Exception:  # noqa: BLE001, S112 - every job of this dataset fails with the same error, recorded
+            continue
+
+
+def _run_here(todo: list[Job], jobs: list[Job], out: Path, ws: Workspace, progress: Progress,
+              fail_fast: bool) -> list:
+    """The jobs `todo` one after another in this process; returns the failed ones as (job, reason)."""
+    failed = []
+    for job in todo:
+        progress.job(len(jobs) - len(todo) + progress.done + 1, job.label())
+        try:
+            record = run_job(job, ws, progress)
+        except Exception as e:  # noqa: BLE001 - any job error is recorded; the grid goes on
+            path = write_failure(out, job, e)
+            failed.append((job, f"{type(e).__name__}: {e}"))
+            progress.say(f"    FAILED: {type(e).__name__}: {e} (details in {path})")
+            if fail_fast:
+                break
+        else:
+            record_result(out, record)
+        progress.done += 1
+    return failed

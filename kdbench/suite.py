@@ -154,6 +154,12 @@ class Suite:
         return list(teachers.values()) + students
 
 
+# What a job computes from its config, versioned: bumped when the same config would give different numbers, so
+# records of an older protocol never pass for new ones (their ids differ) and are re-run, not resumed.
+# 1: the first; 2: each attack runs only on the examples it has not broken at a smaller eps.
+PROTOCOL = 2
+
+
 @dataclass(frozen=True)
 class Job:
     suite: str
@@ -181,6 +187,7 @@ class Job:
     def config(self) -> dict:
         """Everything that determines the job's numbers (not the suite name): the hash input."""
         return {
+            "protocol": PROTOCOL,
             "data": data_config_dict(self.data),
             "pair": pair_config(self.pair),
             "method": self.method,
@@ -417,6 +424,10 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
     """Rebuild the Job a record was produced by, from the `config` stored in the record (its hash must match)."""
     from .errors import KdbenchError
 
+    protocol = config.get("protocol", 1) if isinstance(config, dict) else None
+    if protocol != PROTOCOL:
+        raise KdbenchError(f"the record was made by evaluation protocol {protocol!r}; this kdbench computes protocol "
+                           f"{PROTOCOL}, so its numbers would differ by design: re-run the suite instead")
     try:
         return Job(
             suite=suite,

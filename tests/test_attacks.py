@@ -67,3 +67,31 @@ def test_stronger_eps_is_not_weaker(toy):
             for e in (0.02, 0.1, 0.3)]
     assert accs[0] >= accs[1] >= accs[2]
     assert accs[2] < 0.1
+
+
+def test_evaluation_attacks_each_eps_only_on_the_examples_that_survived_the_smaller_ones(toy, monkeypatch):
+    """`<attack>@<eps>`: eps run in increasing order (whatever the suite's order); an attack runs only on the
+    examples it has not broken yet (clean-correct, and robust to it at every smaller eps), so per-attack
+    accuracy never rises with eps and never exceeds clean accuracy."""
+    import kdbench.evaluate as ev_mod
+
+    model, x, y = toy
+    attacked = []  # (attack class, examples) per call
+    real = ev_mod.run_attack
+
+    def counting(atk, xs, ys, bs, seed):
+        attacked.append((type(atk).__name__, len(xs)))
+        return real(atk, xs, ys, bs, seed)
+
+    monkeypatch.setattr(ev_mod, "run_attack", counting)
+    cfg = EvalConfig(attacks=("fgsm", "pgd"), eps=(0.2, 0.03, 0.08), pgd_steps=10, sweep_eps=(), corruptions=(),
+                     sanity=False, transfer=False)
+    metrics, _, _ = ev_mod.evaluate(model, x, y, 10, cfg, seed=1, headline_eps=0.08)
+    n = len(x)
+    for name, cls in (("fgsm", "FGSM"), ("pgd", "PGD")):
+        accs = [metrics[f"{name}@{e}"] for e in ("0.03", "0.08", "0.2")]
+        assert metrics["clean"] >= accs[0] >= accs[1] >= accs[2]
+        sizes = [k for c, k in attacked if c == cls]
+        # each call attacks exactly the survivors of the previous eps (clean-correct ones first)
+        assert sizes == [round(metrics["clean"] * n), round(accs[0] * n), round(accs[1] * n)]
+    assert metrics["pgd@0.03"] < metrics["clean"]  # and the attacks still break examples

@@ -51,7 +51,8 @@ def test_gpu_settings_enter_the_ids_of_cuda_jobs_only():
     assert set(ids(plain, True)).isdisjoint(ids(off, True))  # bf16 and float32 runs are different records
     job = plain.jobs(True)[-1]
     assert job_from_config(job.config(), "x").job_id == job.job_id  # `reproduce` rebuilds the same job
-    assert teacher_config(job.teacher_specs()[0], job)["gpu"]["autocast"] == "bf16"  # cached teachers too
+    assert teacher_config(job.teacher_specs()[0], job, 1)["gpu"]["autocast"] == "bf16"  # cached teachers too
+    assert "threads" not in teacher_config(job.teacher_specs()[0], job, 1)  # set by [gpu] instead
     assert job_gpu(job, torch.device("cpu")) is None  # a CUDA job reproduced on the CPU runs without them
     assert job_gpu(job, torch.device("cuda")) == plain.gpu
 

@@ -51,8 +51,9 @@ def test_cifar10_smoke_suite_with_cifar_c(tmp_path, monkeypatch):
     written = write_cifar(tmp_path / "data", 10)
     corruptions = write_cifar_c(tmp_path / "CIFAR-10-C", *written["test"])
     out = tmp_path / "out"
+    # one process: the patched checksums do not reach worker processes
     r = run_main("run", "--suite", "robustness-cifar10-smoke", "--data-dir", tmp_path / "data", "--corruptions-from",
-                 corruptions, "--out", out, "--device", "cpu", "--quiet")
+                 corruptions, "--out", out, "--device", "cpu", "--quiet", "--workers", "1", "--cpus-per-job", "2")
     assert r.returncode == 0, r.stderr
     records = check_records(out, "robustness-cifar10-smoke")
     students = [r for r in records if r["role"] == "student"]

@@ -179,6 +179,21 @@ def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
     assert proc.returncode == 2 and "hashes to" in proc.stderr
 
 
+def test_reproduce_refuses_a_record_of_an_older_evaluation_protocol(tmp_path):
+    from kdbench.suite import PROTOCOL, load_suite
+
+    suite = load_suite(str(_suite_file(tmp_path, "ce = {}")))
+    job = suite.jobs()[0]
+    assert job.config()["protocol"] == PROTOCOL
+    old = {k: v for k, v in job.config().items() if k != "protocol"}  # records made before protocols existed
+    record = {"schema": 1, "job_id": job.job_id, "suite": "tiny", "role": "teacher", "dataset": "digits",
+              "method": "teacher:standard", "seed": 1, "metrics": {"clean": 1.0}, "flags": [], "config": old}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    proc = run_main("reproduce", path, "--quiet")
+    assert proc.returncode == 2 and f"evaluation protocol 1; this kdbench computes protocol {PROTOCOL}" in proc.stderr
+
+
 def test_reproduce_rejects_a_non_record(tmp_path):
     junk = tmp_path / "junk.json"
     junk.write_text("{\"hello\": 1}")
@@ -197,7 +212,7 @@ def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_co
     job = next(j for j in suite.jobs() if not j.is_teacher)
     (spec,) = job.teacher_specs()
     cache = tmp_path / "poisoned-cache"
-    planted = cache / "teachers" / f"{teacher_key(teacher_config(spec, job))}.pt"
+    planted = cache / "teachers" / f"{teacher_key(teacher_config(spec, job, 1))}.pt"  # 1 thread per job
     planted.parent.mkdir(parents=True)
     marker = tmp_path / "pwned"
     torch.save({"weight": _Payload(marker)}, planted)

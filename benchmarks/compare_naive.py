@@ -1,8 +1,8 @@
 """kdbench vs the straightforward way, end to end, back to back: one small grid (ce, kd, pointwise x 2 seeds on
 digits: train the teacher, distil, evaluate clean / FGSM / PGD-20 at eps 0.1) run by kdbench as `kdbench run`
 runs it (one worker process per core) and by a plain reference loop written the usual way (a torch DataLoader
-over a TensorDataset, the teacher's forward on every batch, torchattacks called batch by batch). Target: kdbench at least 2x faster, with the same metrics within
-seed noise.
+over a TensorDataset, the teacher's forward on every batch, torchattacks called batch by batch). Target:
+kdbench at least 2x faster, with the same metrics within seed noise.
 
     python benchmarks/compare_naive.py [--quick]
 The last line printed is the speed-up.

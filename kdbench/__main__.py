@@ -89,8 +89,6 @@ def local_workers(requested, device, cpus_per_job: int) -> int:
 
 def _executor(args, suite):
     """The chosen executor as run(out, **run_suite options) -> RunResult; its inputs are checked, nothing runs."""
-    from .suite import check_executor
-
     if args.executor == "local":
         given = [flag for flag, v in (("--address", args.address), ("--gpus-per-job", args.gpus_per_job),
                                       ("--max-retries", args.max_retries)) if v is not None]
@@ -99,7 +97,7 @@ def _executor(args, suite):
         from .runner import pick_device, run_suite
 
         device = pick_device(args.device)
-        threads = args.cpus_per_job or check_executor(suite.executor).cpus_per_job
+        threads = args.cpus_per_job or suite.executor.cpus_per_job  # checked when the suite was loaded
         workers = local_workers(args.workers, device, threads)
         return lambda out, **kw: run_suite(suite, out, device, workers=workers, threads=threads, **kw)
     if args.workers is not None:
@@ -239,7 +237,7 @@ def cmd_reproduce(args) -> int:
 
     from .records import validate_record
     from .gpu import configure_backend
-    from .runner import Progress, Workspace, job_gpu, pick_device, run_job
+    from .runner import Progress, Workspace, job_gpu, pick_device, run_job, torch_threads
     from .suite import job_from_config
 
     try:
@@ -255,18 +253,11 @@ def cmd_reproduce(args) -> int:
                            "it was edited or written by an incompatible version")
     device = pick_device(args.device)
     configure_backend(job_gpu(job, device))
-    import torch
-
-    threads_before = torch.get_num_threads()
     threads = record.get("env", {}).get("threads")  # the numbers depend on the threads the job ran on
-    if isinstance(threads, int) and threads >= 1:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads if isinstance(threads, int) and threads >= 1 else None):
         with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
             ws = Workspace(device, args.cache_dir or Path(tmp))
             again = run_job(job, ws, Progress(1, args.quiet))
-    finally:
-        torch.set_num_threads(threads_before)
     worst = 0.0
     rows = []
     for name in sorted(set(record["metrics"]) | set(again["metrics"])):

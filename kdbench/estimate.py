@@ -19,8 +19,8 @@ measurement of the suite.
 from __future__ import annotations
 
 import math
-from collections import Counter
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch

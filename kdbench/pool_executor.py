@@ -112,7 +112,7 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
              fail_fast: bool, data_dir, download: bool, corruptions_from) -> PoolOutcome:
     """Run the jobs `todo` on `workers` spawned processes (see the module docstring); records go to `out`."""
     from .registry import portable_entries
-    from .runner import record_result, save_teacher, teacher_config, teacher_path, write_failure
+    from .runner import fail_job, record_result, save_teacher, teacher_config, teacher_path
     from .teachers import teacher_key
 
     result = PoolOutcome()
@@ -123,10 +123,8 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
 
     def fail(job, error: BaseException, details: str | None) -> None:
         nonlocal stop
-        path = write_failure(out, job, error, details)
-        result.failed.append((job, f"{type(error).__name__}: {error}"))
+        result.failed.append(fail_job(out, job, error, progress, details))
         progress.done += 1
-        progress.say(f"    FAILED {job.label()}: {type(error).__name__}: {error} (details in {path})")
         stop = stop or fail_fast
 
     def line(what: str) -> None:
@@ -224,8 +222,7 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
                 record_result(out, fut.result()[0])
                 result.ran += 1
         progress.say(f"interrupted: {result.ran} job(s) finished and recorded; the rest resume on the next run")
-        _stop(pool)
-        raise
+        raise  # `finally` stops the workers
     finally:
         _stop(pool)
     return result

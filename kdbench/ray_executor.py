@@ -35,6 +35,7 @@ from .runner import (
     RunResult,
     Workspace,
     default_cache_dir,
+    fail_job,
     job_gpu,
     load_state_dict,
     preload_teacher,
@@ -46,7 +47,6 @@ from .runner import (
     teacher_path,
     train_teacher,
     trim_transfer,
-    write_failure,
 )
 from .suite import ExecutorConfig, Job, Suite, check_executor
 from .teachers import teacher_key
@@ -407,9 +407,7 @@ class _GridRun:
         self.last_line = time.perf_counter()
 
     def _fail(self, job: Job, error: BaseException, details: str | None) -> None:
-        path = write_failure(self.out, job, error, details)
-        self.failed.append((job, f"{type(error).__name__}: {error}"))
-        self.progress.say(f"    FAILED {job.label()}: {type(error).__name__}: {error} (details in {path})")
+        self.failed.append(fail_job(self.out, job, error, self.progress, details))
         if self.fail_fast:
             self.stopped = True
 

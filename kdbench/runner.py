@@ -6,6 +6,7 @@ and a killed run resumes where it stopped. Teachers are trained once and cached 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -354,6 +355,27 @@ def write_failure(out: Path, job: Job, error: BaseException, details: str | None
     return path
 
 
+def fail_job(out: Path, job: Job, error: BaseException, progress: Progress, details: str | None = None) -> tuple:
+    """Record a failed job under failures/ (`write_failure`) and say so; returns (job, reason), an entry of
+    `RunResult.failed`. Shared by every executor."""
+    path = write_failure(out, job, error, details)
+    reason = f"{type(error).__name__}: {error}"
+    progress.say(f"    FAILED {job.label()}: {reason} (details in {path})")
+    return job, reason
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block on `threads` torch threads (None: as set now), then restore this process's setting."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def record_result(out: Path, record: dict) -> None:
     """Write a finished job's record; a failure left by an earlier run of the same job goes."""
     write_record(out, record)
@@ -379,7 +401,6 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
     check_writable(ws.cache_dir, "cache folder")
     cuda = device.type == "cuda"
     configure_backend(suite.gpu if cuda else None)
-    threads_before = torch.get_num_threads()
     with results_lock(out):
         jobs = suite.jobs(cuda)
         done = {r["job_id"] for r in load_records(out)[0]}
@@ -394,16 +415,12 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
 
             if download or suite.data.download:  # once, here, rather than by every worker at the same time
                 _fetch_data(todo, data_dir)
-            outcome = run_pool(todo, out, device, workers, threads or threads_before, ws.cache_dir, progress,
-                               fail_fast, data_dir, download, corruptions_from)
+            outcome = run_pool(todo, out, device, workers, threads or torch.get_num_threads(), ws.cache_dir,
+                               progress, fail_fast, data_dir, download, corruptions_from)
             return RunResult(len(jobs), len(jobs) - len(todo), outcome.ran, outcome.failed, outcome.profile,
                              time.perf_counter() - t_start)
-        if threads:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             failed = _run_here(todo, jobs, out, ws, progress, fail_fast)
-        finally:
-            torch.set_num_threads(threads_before)
     return RunResult(len(jobs), len(jobs) - len(todo), len(todo) - len(failed), failed, ws.profile,
                      time.perf_counter() - t_start)
 
@@ -426,9 +443,7 @@ def _run_here(todo: list[Job], jobs: list[Job], out: Path, ws: Workspace, progre
         try:
             record = run_job(job, ws, progress)
         except Exception as e:  # noqa: BLE001 - any job error is recorded; the grid goes on
-            path = write_failure(out, job, e)
-            failed.append((job, f"{type(e).__name__}: {e}"))
-            progress.say(f"    FAILED: {type(e).__name__}: {e} (details in {path})")
+            failed.append(fail_job(out, job, e, progress))
             if fail_fast:
                 break
         else:

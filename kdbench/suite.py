@@ -70,10 +70,12 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """`[executor]`: what one job gets on a Ray cluster (`run --executor ray`). Not part of job ids: who runs a
-    job never changes its numbers. `gpus_per_job` may be a fraction (0.5: two jobs share a GPU)."""
+    """`[executor]`: what one job gets, on this machine or a Ray cluster (`run --executor ray`). Not part of job
+    ids. `cpus_per_job` is the torch threads of a job with either executor; they change its numbers in the last
+    bits, so records name them (`env.threads`) and CPU teachers are cached per thread count. `gpus_per_job` (Ray
+    only) may be a fraction (0.5: two jobs share a GPU)."""
 
-    cpus_per_job: int = 1  # CPUs reserved per job; the job runs torch on that many threads
+    cpus_per_job: int = 1  # CPUs per job: the job runs torch on that many threads
     gpus_per_job: float = 0.0
     max_retries: int = 2  # re-runs of a job whose worker process or node died, before it counts as failed
 

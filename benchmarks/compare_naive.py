@@ -130,8 +130,9 @@ def table(results: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--epochs", type=int, default=30, help="teacher and student epochs (default: the default suite's 30)")
     args = ap.parse_args()
-    epochs = 3 if args.quick else 15
+    epochs = 3 if args.quick else args.epochs
     workers = local_workers(None, torch.device("cpu"), 1)
     t0 = time.perf_counter()
     ours = run_kdbench(epochs, workers)

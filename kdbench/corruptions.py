@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from .registry import Registry
 
@@ -63,6 +62,8 @@ def _gaussian_blur(x, sigma, g):
     sigma = sigma * x.shape[-1] / CIFAR_SIZE
     radius = max(1, int(4 * sigma + 0.5))  # skimage truncates at 4 sigma
     k = min(2 * radius + 1, 2 * (x.shape[-1] // 2) + 1)
+    from torchvision.transforms.v2 import functional as TF  # imported when used: torchvision takes ~1.3 s to load
+
     return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
 
 
@@ -81,6 +82,8 @@ def _brightness(x, c, g):
 def _jpeg(x, quality, g):
     x8 = (x * 255).round().to(torch.uint8)
     device = x.device
+    from torchvision.transforms.v2 import functional as TF
+
     out = TF.jpeg(x8.cpu(), quality=int(quality))
     return out.to(device=device, dtype=x.dtype) / 255.0
 

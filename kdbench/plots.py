@@ -53,6 +53,8 @@ def _styles(summary: pd.DataFrame) -> dict:
 
 
 def _legend_outside(ax) -> None:
+    if not ax.get_legend_handles_labels()[0]:  # nothing drawn
+        return
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
@@ -80,6 +82,9 @@ def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = _styles(summary)
     cols = _metric_columns(summary, "sweep")
+    if not cols:
+        ax.text(0.5, 0.5, "no eps sweep in this suite (eval.sweep_eps is empty)", ha="center", va="center",
+                transform=ax.transAxes)
     for idx, r in summary.iterrows():
         pts = [(0.0, r["clean:mean"], r["clean:std"])] + [(eps, r[f"{c}:mean"], r[f"{c}:std"]) for eps, c in cols
                                                            if not pd.isna(r.get(f"{c}:mean"))]

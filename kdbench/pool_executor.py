@@ -10,8 +10,10 @@ Only who runs a job changes, never what it computes: a worker runs `runner.run_j
   teachers are cached; the worker reads them from the cache (pretrained teachers it loads itself).
 - Each worker keeps the data and the teachers of its earlier jobs in memory, and the transfer examples crafted
   on a teacher (`runner.trim_transfer` bounds them).
-- Workers are spawned (never forked from a process that has run torch); entries a script or a test registered
-  at run time (a method of its own, ...) go with them when they pickle by reference (`registry.portable_entries`).
+- Workers are forked from the driver where that is safe (`start_method`), so they start at once with all it
+  has imported; elsewhere they are spawned, and spend ~3.5 s importing torch, torch._dynamo (which every torch
+  optimizer loads) and torchattacks. Entries a script or a test registered at run time (a method of its own,
+  ...) reach spawned workers when they pickle by reference (`registry.portable_entries`).
 - Workers ignore Ctrl-C (the driver writes what is finished, then stops them) and exit when the driver dies
   (killed), so a re-run never finds stray workers.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -42,13 +45,32 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(1)
 
 
+def start_method(device, threads: int) -> str:
+    """How the workers start: "fork" where forking the driver is safe, else "spawn".
+
+    Forking is safe only when all of these hold:
+    - Linux (macOS's system libraries are not fork-safe);
+    - CPU jobs (CUDA cannot be used again in a forked child);
+    - one torch thread per job (the child then never enters an OpenMP parallel region, and the driver's
+      OpenMP thread pool, which does not survive a fork, is never needed);
+    - no other thread in the driver (a lock another thread held would stay held in the child)."""
+    import torch
+
+    if (sys.platform.startswith("linux") and torch.device(device).type == "cpu" and threads == 1
+            and threading.active_count() == 1):
+        return "fork"
+    return "spawn"
+
+
 def _init_worker(device: str, threads: int, cache_dir: Path, data_dir, download: bool, corruptions_from,
                  parent: int, entries: list) -> None:
     import torch
 
     from .registry import adopt_entries
     from .runner import Workspace
+    from .safety import forget_locks
 
+    forget_locks()  # forked: the results lock is the driver's alone, released when it exits or is killed
     adopt_entries(entries)  # after `runner` imported every family: a script's own methods, models, ...
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
@@ -110,7 +132,7 @@ def _remote_details(error: BaseException) -> str | None:
 
 def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_dir: Path, progress,
              fail_fast: bool, data_dir, download: bool, corruptions_from) -> PoolOutcome:
-    """Run the jobs `todo` on `workers` spawned processes (see the module docstring); records go to `out`."""
+    """Run the jobs `todo` on `workers` processes (see the module docstring); records go to `out`."""
     from .registry import portable_entries
     from .runner import fail_job, record_result, save_teacher, teacher_config, teacher_path
     from .teachers import teacher_key
@@ -134,7 +156,7 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
         eta = f", ETA {elapsed / finished * left:.0f}s" if finished and left else ""
         progress.say(f"[job {progress.total - left}/{progress.total}{eta}] {what}")
 
-    ctx = get_context("spawn")
+    ctx = get_context(start_method(device, threads))
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(str(device), threads, cache_dir, data_dir, download, corruptions_from,
                                          os.getpid(), portable_entries()))
@@ -165,7 +187,8 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
                     futures[submit(_teacher_task, spec, job)] = ("teacher", key)
             waiting.append((job, keys))
         n_train = sum(1 for kind, _ in futures.values() if kind == "teacher")
-        progress.say(f"    {workers} worker processes, {threads} thread(s) each; {n_train} teacher(s) to train first")
+        progress.say(f"    {workers} worker processes ({ctx.get_start_method()}ed), {threads} thread(s) each; "
+                     f"{n_train} teacher(s) to train first")
 
         def hand_out() -> None:
             for item in list(waiting):

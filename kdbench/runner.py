@@ -389,7 +389,7 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
     """Run every job of `suite` whose record is not in `out` yet. A job that raises (a diverging loss, a bad
     checkpoint, ...) is recorded under failures/ and the rest of the suite goes on (or stops, `fail_fast`).
 
-    `workers` > 1 runs the jobs on that many spawned processes (pool_executor.py), else one at a time in this
+    `workers` > 1 runs the jobs on that many worker processes (pool_executor.py), else one at a time in this
     process. `threads`: torch threads per job (None: as torch is set now); the numbers depend on it."""
     from .safety import check_writable, results_lock
 

@@ -18,6 +18,7 @@ from .errors import KdbenchError
 
 MIN_FREE_BYTES = 50 * 2**20  # refuse to start with less free space than this in the output folder
 LOCK_NAME = ".kdbench.lock"
+_HELD: set[int] = set()  # the descriptors of the locks this process holds (see forget_locks)
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -50,6 +51,17 @@ def results_lock(out: Path):
                                "wait for it to finish or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD.add(fd)
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)
+
+
+def forget_locks() -> None:
+    """In a process forked from a lock holder: close the inherited lock descriptors, so that the lock is released
+    as soon as the holder exits or dies, whatever this process still does (the holder's own descriptors keep it
+    held until then)."""
+    for fd in list(_HELD):
+        os.close(fd)
+    _HELD.clear()

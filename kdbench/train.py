@@ -1,7 +1,8 @@
 """The training loop: tensors on the device, index-slice batches, Adam or SGD, cosine or constant schedule.
 
 `fit` is shared by teachers and students: the caller supplies `step_losses(idx, progress) -> dict` and the
-loop sums the named terms, checks they are finite, steps, and returns the mean of each term per epoch.
+loop sums the named terms, steps, and returns the mean of each term per epoch, after checking once per epoch
+that every step's loss was finite (reading the losses every step would stall a GPU at each step).
 """
 
 from __future__ import annotations
@@ -63,17 +64,17 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
     module.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g).to(device)
-        sums: dict[str, float] = {}
+        terms: dict[str, list[torch.Tensor]] = {}  # each loss term per step, read once per epoch (no per-step sync)
         for b in range(steps_per_epoch):
             idx = perm[b * bs:(b + 1) * bs]
             if len(idx) < 2:  # batch norm cannot train on a single example
                 continue
             with training_precision(device, amp):
                 losses = step_losses(idx, step / total)
-                loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1}, step {b + 1} ({terms})")
+                values = list(losses.values())
+                loss = values[0]
+                for v in values[1:]:
+                    loss = loss + v
             opt.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -86,12 +87,26 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
                 sched.step()
             step += 1
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-        history.append({k: v / steps_per_epoch for k, v in sums.items()})
+                terms.setdefault(k, []).append(v.detach())
+        history.append(_epoch_means(terms, steps_per_epoch, epoch))
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs, history[-1])
     module.eval()
     return history
+
+
+def _epoch_means(terms: dict[str, list[torch.Tensor]], steps_per_epoch: int, epoch: int) -> dict[str, float]:
+    """The mean of each loss term over an epoch's steps; TrainingDiverged naming the first step whose loss was not
+    finite (the steps after it only trained an already broken model, which is discarded)."""
+    if not terms:
+        return {}
+    per_step = {k: torch.stack(v).float().cpu().tolist() for k, v in terms.items()}  # one device sync per epoch
+    names = list(per_step)
+    for i, row in enumerate(zip(*per_step.values())):
+        if not all(math.isfinite(v) for v in row) or not math.isfinite(sum(row)):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, row))
+            raise TrainingDiverged(f"loss is not finite at epoch {epoch + 1}, step {i + 1} ({shown})")
+    return {k: sum(v) / steps_per_epoch for k, v in per_step.items()}
 
 
 @torch.no_grad()

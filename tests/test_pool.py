@@ -3,17 +3,20 @@ records as one job at a time in this process with the same threads; a job failin
 the worker's traceback and the rest goes on; a killed driver leaves no worker behind; Ctrl-C keeps finished
 records and a re-run completes the rest."""
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
 from conftest import ROOT, TINY_SUITE, run_main
+from kdbench import pool_executor
 from kdbench.__main__ import local_workers
 from kdbench.methods import METHODS, Distiller
 from kdbench.runner import run_suite
@@ -24,7 +27,9 @@ def _records(out):
     return {json.loads(p.read_text())["job_id"]: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
 
 
-def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path, tiny_suite):
+@pytest.mark.parametrize("how", ["fork", "spawn"])
+def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path, tiny_suite, monkeypatch, how):
+    monkeypatch.setattr(pool_executor, "start_method", lambda device, threads: how)
     suite = load_suite(str(tiny_suite))  # 2 teachers + ce, kd x 2 seeds
     cpu = torch.device("cpu")
     one = run_suite(suite, tmp_path / "one", cpu, tmp_path / "cache-one", quiet=True, workers=1, threads=1)
@@ -40,7 +45,8 @@ def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path,
             assert got[job_id][key] == rec[key], (job_id, key)
         assert got[job_id]["env"]["threads"] == rec["env"]["threads"] == 1
     text = "".join(lines)
-    assert "2 workers" in text and "2 teacher(s) to train first" in text and "[job 6/6]" in text
+    assert "2 workers" in text and f"2 worker processes ({how}ed)" in text and "[job 6/6]" in text
+    assert "2 teacher(s) to train first" in text
     # each teacher was trained once, by a worker, and cached by the driver: the same checkpoints
     for path in sorted((tmp_path / "cache-one" / "teachers").glob("*.pt")):
         mine = torch.load(tmp_path / "cache-two" / "teachers" / path.name, weights_only=True)
@@ -119,7 +125,7 @@ def test_a_killed_driver_leaves_no_worker_and_a_rerun_completes(tmp_path, tiny_s
     proc = _kdbench("run", "--suite", tiny_suite, "--out", out, "--workers", "2", "--quiet")
     _wait_for_record(out, proc)
     workers = _children(proc.pid)
-    assert len(workers) >= 2  # the spawned workers (and multiprocessing's resource tracker)
+    assert len(workers) >= 2  # the workers (and, when spawned, multiprocessing's resource tracker)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
@@ -147,6 +153,45 @@ def test_ctrl_c_keeps_finished_records_and_stops_the_workers(tmp_path, tiny_suit
     assert 1 <= len(kept) <= 6 and not list((out / "records").glob(".*.tmp"))
     again = run_main("run", "--suite", tiny_suite, "--out", out, "--workers", "2", "--quiet")
     assert again.returncode == 0 and len(_records(out)) == 6
+
+
+def test_workers_are_forked_only_where_that_is_safe(monkeypatch):
+    monkeypatch.setattr(pool_executor.sys, "platform", "linux")
+    assert pool_executor.start_method("cpu", 1) == "fork"
+    assert pool_executor.start_method("cpu", 2) == "spawn"  # OpenMP threads do not survive a fork
+    assert pool_executor.start_method("cuda", 1) == "spawn"
+    gate = threading.Event()
+    other = threading.Thread(target=gate.wait)
+    other.start()
+    try:
+        assert pool_executor.start_method("cpu", 1) == "spawn"  # another thread may hold a lock
+    finally:
+        gate.set()
+        other.join()
+    monkeypatch.setattr(pool_executor.sys, "platform", "darwin")
+    assert pool_executor.start_method("cpu", 1) == "spawn"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_forked_worker_does_not_keep_the_results_lock(tmp_path):
+    from kdbench.safety import LOCK_NAME, forget_locks, results_lock
+
+    ready_r, ready_w = os.pipe()
+    with results_lock(tmp_path):
+        child = os.fork()
+        if child == 0:  # as a forked worker starts: forget the inherited lock, then keep working
+            forget_locks()
+            os.write(ready_w, b"1")
+            time.sleep(5)
+            os._exit(0)
+        assert os.read(ready_r, 1) == b"1"
+    try:  # the driver is done: the lock must be free although the worker still runs
+        fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
 
 
 def test_auto_workers_follow_the_cores_and_the_threads_per_job(monkeypatch):

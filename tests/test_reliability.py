@@ -224,3 +224,23 @@ def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_co
     reasons = [json.loads(p.read_text())["reason"] for p in (out / "failures").glob("*.json")]
     assert reasons and all("cannot load checkpoint" in r for r in reasons)
     assert not list((out / "records").glob("*.json")) if (out / "records").exists() else True
+
+
+def test_a_diverging_loss_names_its_first_non_finite_step_and_the_epoch_means_are_exact():
+    from kdbench.suite import TrainConfig
+    from kdbench.train import TrainingDiverged, fit
+
+    w = torch.nn.Parameter(torch.ones(1))
+    seen = []
+
+    def losses(idx, progress):  # step 3 of epoch 2 is NaN; the rest are 0.25 * step number
+        seen.append(len(seen) + 1)
+        value = float("nan") if len(seen) == 7 else 0.25 * len(seen)
+        return {"a": (w * 0 + value).sum(), "b": (w * 0).sum()}
+
+    cfg = TrainConfig(batch_size=2, schedule="constant")
+    history = fit(torch.nn.Linear(1, 1), [w], losses, 8, 1, cfg, 0, torch.device("cpu"))  # 4 steps
+    assert history == [{"a": (0.25 + 0.5 + 0.75 + 1.0) / 4, "b": 0.0}]
+    seen.clear()
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3 \(a=nan, b=0\)"):
+        fit(torch.nn.Linear(1, 1), [w], losses, 8, 3, cfg, 0, torch.device("cpu"))

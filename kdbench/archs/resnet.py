@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 
 from ..models import MODELS, ModelInput, Normalize, StagedNet
 
@@ -24,6 +23,8 @@ def _classifier(width: int, num_classes: int) -> nn.Module:
 
 @MODELS.register("resnet18", "torchvision ResNet-18 adapted to 32x32 (3x3 stem, no max-pool), ~11.2M params")
 def resnet18(inp: ModelInput) -> nn.Module:
+    from torchvision.models import resnet as tv_resnet  # imported when used: torchvision takes ~1.3 s to load
+
     net = tv_resnet.resnet18(num_classes=inp.num_classes)  # torchvision's blocks and initialisation
     net.conv1 = nn.Conv2d(inp.shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

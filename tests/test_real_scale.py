@@ -121,10 +121,15 @@ def test_real_suites_load_with_their_protocol():
         assert s.pairs == full.pairs and [m.name for m in s.methods] == [m.name for m in full.methods]
 
     ref = json.loads((ROOT / "benchmarks" / "robustness-cifar10.reference.json").read_text())
-    rows = {(r["method"], r["student"]) for r in ref["reported"]}
-    assert rows == {(m.name, p.student) for m in c10.methods for p in c10.pairs}
-    for r in ref["reported"]:  # a number is either verified against the paper or absent
-        assert r["verified"] or all(r[k] is None for k in ("Clean", "FGSM", "PGD-SAT", "PGD-TRADES", "CW-inf", "AA"))
+    rows = [(r["method"], r["student"], r["checkpoint"]) for r in ref["reported"]]
+    assert sorted(rows) == sorted((m.name, p.student, ck) for m in c10.methods for p in c10.pairs
+                                  for ck in ("best", "last"))
+    assert ref["numbers_source"]["where"] and ref["numbers_source"]["compare_with"]
+    assert set(ref["metrics"]) == {"Clean", "FGSM", "PGD-SAT", "PGD-TRADES", "CW-inf", "AA"}
+    for r in ref["reported"]:  # percentages, and no attack stronger than AutoAttack, no attack above clean
+        acc = [r[k] for k in ("Clean", "FGSM", "PGD-SAT", "CW-inf", "AA")]
+        assert all(isinstance(a, float) and 0 < a < 100 for a in acc)
+        assert acc == sorted(acc, reverse=True) and r["PGD-SAT"] <= r["PGD-TRADES"] <= r["FGSM"], r
 
 
 def test_dry_run_of_the_cifar10_suite(tmp_path):

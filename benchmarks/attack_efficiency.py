@@ -20,6 +20,7 @@ from _timing import paired_ratio, ratio_line  # noqa: E402
 
 from kdbench.attacks import build_attack  # noqa: E402
 from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.gpu import place  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.suite import EvalConfig, TrainConfig  # noqa: E402
 from kdbench.teachers import TEACHER_KINDS  # noqa: E402
@@ -45,7 +46,7 @@ def main() -> None:
     ratios = []
     for arch in ("cnn-small", "cnn-large"):
         torch.manual_seed(0)
-        model = build_model(arch, inp).to(args.device).eval()
+        model = place(build_model(arch, inp), torch.device(args.device), None).eval()  # as a CPU run places it
         x, y = data.x_test, data.y_test
         ev = EvalConfig(pgd_steps=k)
         atk = build_attack("pgd", model, 0.1, ev, 0, 10)

@@ -19,10 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import paired_ratio, ratio_line  # noqa: E402
 
 from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.gpu import place  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.suite import TrainConfig  # noqa: E402
 from kdbench.train import fit  # noqa: E402
 
+
+CPU = torch.device("cpu")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -30,12 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     data = load_data(DataConfig())
     x, y = data.x_train, data.y_train
-    model = build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std))
+    model = place(build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)  # as a run does
     cfg = TrainConfig(batch_size=64)
     params = list(model.parameters())
 
     def epoch():
-        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), 1, cfg, 0, "cpu")
+        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), 1, cfg, 0, CPU)
 
     batches = [torch.arange(i, min(i + 64, len(x))) for i in range(0, len(x), 64)]
     assert len(batches) == math.ceil(len(x) / 64)

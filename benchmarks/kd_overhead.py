@@ -18,11 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import paired_ratio, ratio_line  # noqa: E402
 
 from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.gpu import place  # noqa: E402
 from kdbench.methods import METHODS, Batch, TrainContext  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.suite import TrainConfig  # noqa: E402
 from kdbench.train import fit, predict_logits  # noqa: E402
 
+
+CPU = torch.device("cpu")
 
 def epoch_runner(method: str, data, teacher, cfg):
     inp = ModelInput(data.shape, 10, data.mean, data.std)
@@ -30,12 +33,12 @@ def epoch_runner(method: str, data, teacher, cfg):
     ctx = TrainContext(10, data.shape, 1, cfg.adv_eps, cfg.adv_steps, cfg.step_size())
     x, y = data.x_train, data.y_train
     torch.manual_seed(0)
-    d = cls(build_model("cnn-small", inp), [teacher] if cls.teacher_kind else [], dict(cls.defaults), ctx)
+    d = cls(place(build_model("cnn-small", inp), CPU, None), [teacher] if cls.teacher_kind else [], dict(cls.defaults), ctx)
     cached = [predict_logits(teacher, x)] if cls.uses_teacher_logits else []  # once per job, not per epoch
 
     def one_epoch():
         fit(d, d.trainable_parameters(), lambda idx, p: d.losses(Batch(x[idx], y[idx], [c[idx] for c in cached], p)),
-            len(x), 1, cfg, 0, "cpu")
+            len(x), 1, cfg, 0, CPU)
 
     return one_epoch
 
@@ -45,7 +48,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     data = load_data(DataConfig())
-    teacher = build_model("cnn-large", ModelInput(data.shape, 10, data.mean, data.std)).eval().requires_grad_(False)
+    teacher = place(build_model("cnn-large", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)
+    teacher.eval().requires_grad_(False)
     cfg = TrainConfig(batch_size=64)
     r, t_kd, t_ce = paired_ratio(epoch_runner("kd", data, teacher, cfg), epoch_runner("ce", data, teacher, cfg),
                                  3 if args.quick else 7)

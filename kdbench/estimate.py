@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .methods import METHODS, Batch, TrainContext
+from .gpu import place
 from .models import ModelInput, build_model, count_params
 from .suite import Job, Suite
 from .teachers import TEACHER_KINDS
@@ -77,7 +78,7 @@ def _sync(device):
 def measure_arch(arch: str, ds: DataShape, batch: int, device) -> dict:
     """Seconds per example of a training forward+backward and of a no-grad forward."""
     inp = ModelInput(ds.shape, ds.num_classes, (0.5,) * ds.shape[0], (0.25,) * ds.shape[0])
-    model = build_model(arch, inp).to(device)
+    model = place(build_model(arch, inp), device, None)  # the CPU layout of a real run (gpu.place)
 
     def data(b):
         return torch.rand(b, *ds.shape, device=device), torch.randint(0, ds.num_classes, (b,), device=device)

@@ -1,5 +1,5 @@
-"""GPU speed settings, the suite's `[gpu]` table. They apply only to jobs that run on CUDA; on the CPU nothing
-here changes a single number.
+"""GPU speed settings, the suite's `[gpu]` table, and where a model is placed. The table applies only to jobs
+that run on CUDA; on the CPU models always use the channels-last layout (see `place`).
 
 - `autocast`: mixed precision for training forward and backward passes (`torch.autocast`): "bf16" (default;
   no loss scaling needed), "fp16" (with a gradient scaler), or "off". Softmax, log-softmax, KL and
@@ -46,9 +46,12 @@ def configure_backend(cfg: GpuConfig | None) -> None:
 
 
 def place(model: nn.Module, device: torch.device, cfg: GpuConfig | None) -> nn.Module:
-    """`model` on `device`, in the channels-last layout where `cfg` asks for it."""
+    """`model` on `device`, in the channels-last (NHWC) memory layout on the CPU, and on CUDA where `cfg` asks
+    for it. On the CPU, oneDNN's convolution, batch-norm and max-pool kernels are faster in NHWC: a training
+    step of the digits CNNs costs about 0.75x, an attack step about 0.8x of the NCHW one (the numbers change in
+    their last bits, which the evaluation protocol number in every job id accounts for)."""
     model = model.to(device)
-    if cfg is not None and cfg.channels_last:
+    if cfg.channels_last if cfg is not None else device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     return model
 

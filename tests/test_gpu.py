@@ -57,15 +57,16 @@ def test_gpu_settings_enter_the_ids_of_cuda_jobs_only():
     assert job_gpu(job, torch.device("cuda")) == plain.gpu
 
 
-def test_place_uses_channels_last_only_when_asked():
+def test_place_uses_channels_last_on_the_cpu_and_where_the_gpu_settings_ask():
     # a convolution with several input channels (for one channel the two layouts coincide)
     conv = lambda m: next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1)  # noqa: E731
+    nhwc = lambda m: conv(m).is_contiguous(memory_format=torch.channels_last) and not conv(m).is_contiguous()  # noqa: E731
     m = place(build_model("cnn-small", INP), torch.device("cpu"), GpuConfig(channels_last=True))
-    assert conv(m).is_contiguous(memory_format=torch.channels_last) and not conv(m).is_contiguous()
+    assert nhwc(m)
     m = place(build_model("cnn-small", INP), torch.device("cpu"), GpuConfig(channels_last=False))
     assert conv(m).is_contiguous()
-    m = place(build_model("cnn-small", INP), torch.device("cpu"), None)
-    assert conv(m).is_contiguous()
+    m = place(build_model("cnn-small", INP), torch.device("cpu"), None)  # a CPU job: always NHWC
+    assert nhwc(m)
 
 
 class _Cfg:

@@ -22,7 +22,7 @@ from kdbench.data import DataConfig, load_data  # noqa: E402
 from kdbench.gpu import place  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.suite import TrainConfig  # noqa: E402
-from kdbench.train import fit  # noqa: E402
+from kdbench.train import fit, make_optimizer  # noqa: E402
 
 
 CPU = torch.device("cpu")
@@ -30,7 +30,9 @@ CPU = torch.device("cpu")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a job's threads in a default run)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     data = load_data(DataConfig())
     x, y = data.x_train, data.y_train
     model = place(build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)  # as a run does
@@ -50,9 +52,22 @@ def main() -> None:
                 p.grad = None
             F.cross_entropy(model(x[idx]), y[idx]).backward()
 
-    r, t_epoch, t_passes = paired_ratio(epoch, passes, 3 if args.quick else 7)
+    opt = make_optimizer(params, cfg)
+
+    def passes_and_steps():  # the same passes, each followed by the optimizer step the epoch takes
+        model.train()
+        for idx in batches:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+    repeats = 3 if args.quick else 7
+    r_opt, _, t_steps = paired_ratio(epoch, passes_and_steps, repeats)
+    r, t_epoch, t_passes = paired_ratio(epoch, passes, repeats)
     print(f"ce epoch {t_epoch * 1e3:.1f} ms vs its {len(batches)} forward+backward passes {t_passes * 1e3:.1f} ms "
           "(the epoch adds shuffling, the optimizer step and the schedule)")
+    print(f"the same passes with their {cfg.optimizer} steps: {t_steps * 1e3:.1f} ms; ce epoch / those: "
+          f"{r_opt:.3f} (what the data handling and the loop add beyond the optimizer)")
     print(ratio_line("ce epoch / forward+backward passes", r, 1.10))
 
 

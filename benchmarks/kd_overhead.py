@@ -46,7 +46,9 @@ def epoch_runner(method: str, data, teacher, cfg):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a job's threads in a default run)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     data = load_data(DataConfig())
     teacher = place(build_model("cnn-large", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)
     teacher.eval().requires_grad_(False)

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest allowed absolute difference per metric (default 0: bit-for-bit)")
     rp.add_argument("--cache-dir", type=Path,
                     help="reuse this teacher cache (default: a fresh temporary one, so teachers are retrained)")
+    rp.add_argument("--data-dir", type=Path, help="where torchvision datasets live (as for run)")
+    rp.add_argument("--corruptions-from", type=Path, metavar="DIR",
+                    help="the CIFAR-C folder, for a record whose job evaluated one (as for run)")
     rp.add_argument("--quiet", action="store_true")
 
     lb = sub.add_parser("leaderboard", help="rebuild summary, leaderboard and plots from stored records")
@@ -180,7 +183,9 @@ def cmd_run(args) -> int:
     out = args.out or Path("results") / suite.name
     run_suite = _executor(args, suite)  # checks the executor's flags (a dry run too)
     if args.dry_run:
-        return cmd_dry_run(suite, out, pick_device(args.device), args.quiet)
+        from .cifar_c import with_cifar_c
+
+        return cmd_dry_run(with_cifar_c(suite, args.corruptions_from), out, pick_device(args.device), args.quiet)
     _check_run_inputs(suite, args)
     result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
                        data_dir=args.data_dir, download=args.download, corruptions_from=args.corruptions_from)
@@ -208,9 +213,12 @@ def _check_run_inputs(suite, args) -> None:
     from .data import data_root
 
     if args.corruptions_from is not None:
-        from .cifar_c import corruption_files
+        from .cifar_c import with_cifar_c
 
-        corruption_files(args.corruptions_from)
+        with_cifar_c(suite, args.corruptions_from)  # the folder holds CIFAR-C files, and those the suite names
+    elif suite.eval.cifar_c:
+        raise KdbenchError(f"suite {suite.name!r} evaluates the CIFAR-C corruptions {', '.join(suite.eval.cifar_c)}: "
+                           "give their folder with --corruptions-from DIR")
     from .datasets_torchvision import SETS, check_available, download
 
     if suite.data.name in SETS:
@@ -256,7 +264,8 @@ def cmd_reproduce(args) -> int:
     threads = record.get("env", {}).get("threads")  # the numbers depend on the threads the job ran on
     with torch_threads(threads if isinstance(threads, int) and threads >= 1 else None):
         with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
-            ws = Workspace(device, args.cache_dir or Path(tmp))
+            ws = Workspace(device, args.cache_dir or Path(tmp), data_dir=args.data_dir,
+                           corruptions_from=args.corruptions_from)
             again = run_job(job, ws, Progress(1, args.quiet))
     worst = 0.0
     rows = []

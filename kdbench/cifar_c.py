@@ -1,7 +1,8 @@
 """CIFAR-10-C / CIFAR-100-C (Hendrycks & Dietterich 2019, "Benchmarking Neural Network Robustness to Common
 Corruptions and Perturbations") from their released .npy files, evaluated beside the synthetic corruptions.
 
-`--corruptions-from DIR` points at the extracted folder: one `<corruption>.npy` per corruption, uint8 of shape
+`--corruptions-from DIR` points at the extracted folder (its corruption names enter the suite's `eval.cifar_c`
+and so every job id: `with_cifar_c`): one `<corruption>.npy` per corruption, uint8 of shape
 (5 x N, 32, 32, 3) holding the N test images at severities 1..5 in order (N = 10000), and `labels.npy`. Every
 `.npy` other than labels.npy is a corruption. Metrics (names are stable strings):
 
@@ -23,8 +24,9 @@ from .errors import KdbenchError
 from .train import predict_logits
 
 
-def corruption_files(folder: Path) -> list[Path]:
-    """The corruption .npy files of a CIFAR-C folder, checked to exist (one-line error otherwise)."""
+def corruption_files(folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
+    """The corruption .npy files of a CIFAR-C folder (those of `names`, in that order, or all), checked to exist
+    (one-line error otherwise)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise KdbenchError(f"--corruptions-from: folder {str(folder)!r} does not exist")
@@ -34,11 +36,37 @@ def corruption_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.glob("*.npy") if p.name != "labels.npy")
     if not files:
         raise KdbenchError(f"--corruptions-from: {str(folder)!r} holds no corruption .npy files")
-    return files
+    if names is None:
+        return files
+    by_name = {p.stem: p for p in files}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise KdbenchError(f"--corruptions-from: {str(folder)!r} has no {missing[0]}.npy; it has: "
+                           f"{', '.join(by_name)}")
+    return [by_name[n] for n in names]
 
 
-def evaluate_cifar_c(model, folder: Path, data, severities, batch_size: int) -> dict[str, float]:
-    files = corruption_files(folder)
+def with_cifar_c(suite, folder: Path | None):
+    """`suite` with the CIFAR-C corruptions of `folder` in its `eval.cifar_c`, so that they enter every job id
+    (None: unchanged). A suite that names its corruptions already keeps them, and `folder` must hold each."""
+    import dataclasses
+
+    if folder is None:
+        return suite
+    if suite.eval.cifar_c:
+        corruption_files(folder, suite.eval.cifar_c)
+        return suite
+    names = tuple(p.stem for p in corruption_files(folder))
+    return dataclasses.replace(suite, eval=dataclasses.replace(suite.eval, cifar_c=names))
+
+
+def evaluate_cifar_c(model, folder: Path | None, data, severities, batch_size: int,
+                     names: tuple[str, ...] | None = None) -> dict[str, float]:
+    """The metrics above for the corruptions `names` of `folder` (None: every corruption file in it)."""
+    if folder is None:
+        raise KdbenchError(f"this job evaluates the CIFAR-C corruptions {', '.join(names or ())}: give their "
+                           "folder with --corruptions-from DIR")
+    files = corruption_files(folder, names)
     n_full = data.full_test_size or len(data.x_test)
     index = data.test_index.numpy() if data.test_index is not None else np.arange(n_full)
     labels = np.load(Path(folder).expanduser() / "labels.npy", mmap_mode="r")

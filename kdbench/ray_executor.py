@@ -260,6 +260,7 @@ def run_suite_ray(suite: Suite, out: Path, device_name: str = "auto", cache_dir:
                   download: bool = False, corruptions_from: Path | None = None, address: str | None = None,
                   resources: ExecutorConfig | None = None) -> RunResult:
     """`runner.run_suite` with every teacher and job a Ray task (see the module docstring)."""
+    from .cifar_c import with_cifar_c
     from .safety import check_writable, results_lock
 
     ray = import_ray()
@@ -267,6 +268,7 @@ def run_suite_ray(suite: Suite, out: Path, device_name: str = "auto", cache_dir:
     check_device(device_name, res)
     t_start = time.perf_counter()
     out = Path(out)
+    suite = with_cifar_c(suite, corruptions_from)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     check_writable(out, "results folder")
     check_writable(cache_dir, "cache folder")

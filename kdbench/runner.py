@@ -278,11 +278,12 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
                                         transfer_cache=transfer_cache)
-    if ws.corruptions_from is not None:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
+    if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
         from .cifar_c import evaluate_cifar_c
 
         t2 = time.perf_counter()
-        metrics.update(evaluate_cifar_c(model, ws.corruptions_from, data, job.eval.severities, job.eval.batch_size))
+        metrics.update(evaluate_cifar_c(model, ws.corruptions_from, data, job.eval.severities, job.eval.batch_size,
+                                        job.eval.cifar_c))
         timings["cifar-c"] = time.perf_counter() - t2
     eval_seconds = time.perf_counter() - t1
     for k, v in timings.items():
@@ -392,10 +393,12 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
 
     `workers` > 1 runs the jobs on that many worker processes (pool_executor.py), else one at a time in this
     process. `threads`: torch threads per job (None: as torch is set now); the numbers depend on it."""
+    from .cifar_c import with_cifar_c
     from .safety import check_writable, results_lock
 
     t_start = time.perf_counter()
     out = Path(out)
+    suite = with_cifar_c(suite, corruptions_from)
     ws = Workspace(device, Path(cache_dir) if cache_dir else default_cache_dir(), data_dir=data_dir,
                    download=download, corruptions_from=corruptions_from)
     check_writable(out, "results folder")

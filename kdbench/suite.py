@@ -66,6 +66,10 @@ class EvalConfig:
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     sanity: bool = True
     batch_size: int = 1024
+    # CIFAR-10-C / CIFAR-100-C corruptions read from `--corruptions-from DIR` (cifar_c.py): that flag fills in
+    # every corruption file of its folder, so records with and without them have different job ids. A suite
+    # file may name them to require the folder.
+    cifar_c: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ from kdbench.suite import load_suite
 EPS_8 = 8 / 255
 
 
-def check_records(out, suite_name):
-    suite = load_suite(suite_name)
+def check_records(out, suite_name, corruptions_from=None):
+    from kdbench.cifar_c import with_cifar_c
+
+    suite = with_cifar_c(load_suite(suite_name), corruptions_from)
     records, bad = load_records(out)
     assert not bad and not (out / "failures").exists()
     assert {r["job_id"] for r in records} == {j.job_id for j in suite.jobs()}
@@ -55,7 +57,7 @@ def test_cifar10_smoke_suite_with_cifar_c(tmp_path, monkeypatch):
     r = run_main("run", "--suite", "robustness-cifar10-smoke", "--data-dir", tmp_path / "data", "--corruptions-from",
                  corruptions, "--out", out, "--device", "cpu", "--quiet", "--workers", "1", "--cpus-per-job", "2")
     assert r.returncode == 0, r.stderr
-    records = check_records(out, "robustness-cifar10-smoke")
+    records = check_records(out, "robustness-cifar10-smoke", corruptions)
     students = [r for r in records if r["role"] == "student"]
     assert {r["pair"] for r in students} == {"wrn-34-10->resnet18", "wrn-34-10->mobilenetv2"}
     assert {r["method"] for r in students} == {"ard", "rslad"}
@@ -63,9 +65,37 @@ def test_cifar10_smoke_suite_with_cifar_c(tmp_path, monkeypatch):
         m = rec["metrics"]
         assert {"cifar-c/gaussian_noise/1", "cifar-c/fog/5", "cifar-c/mca", "corruption/contrast/5"} <= set(m)
         assert "pgd@0.0313725" in m and "robust@0.0313725" in m
+        assert rec["config"]["eval"]["cifar_c"] == ["fog", "gaussian_noise"]  # part of the job id
     teacher = next(r for r in records if r["role"] == "teacher")
     assert 46_000_000 < teacher["student"]["params"] < 46_300_000
     assert teacher["student"]["macs"] == 6_658_906_368
+
+
+def test_a_cifar_c_folder_enters_the_job_ids(tmp_path):
+    """Records with and without CIFAR-C metrics never share an id: a re-run with (or without) the folder runs
+    the jobs again instead of resuming records that lack (or carry) those metrics."""
+    import dataclasses
+
+    import numpy as np
+
+    from kdbench.cifar_c import with_cifar_c
+    from kdbench.errors import KdbenchError
+
+    folder = write_cifar_c(tmp_path / "C", np.zeros((4, 3, 32, 32), np.uint8), np.arange(4))
+    suite = load_suite("robustness-cifar10-smoke")
+    assert with_cifar_c(suite, None) is suite
+    with_c = with_cifar_c(suite, folder)
+    assert with_c.eval.cifar_c == ("fog", "gaussian_noise") and with_cifar_c(with_c, folder) == with_c
+    assert {j.job_id for j in suite.jobs(False)}.isdisjoint(j.job_id for j in with_c.jobs(False))
+    named = dataclasses.replace(suite, eval=dataclasses.replace(suite.eval, cifar_c=("snow",)))
+    with pytest.raises(KdbenchError, match="has no snow.npy.*it has: fog, gaussian_noise"):
+        with_cifar_c(named, folder)
+    suite_file = tmp_path / "named.toml"  # a suite that names its CIFAR-C corruptions needs the folder
+    suite_file.write_text((ROOT / "benchmarks" / "robustness-cifar10-smoke.toml").read_text()
+                          .replace("[eval]", '[eval]\ncifar_c = ["fog"]'))
+    r = run_main("run", "--suite", suite_file, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "give their folder with --corruptions-from" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_bad_corruptions_folder_is_one_line(tmp_path):

@@ -18,6 +18,7 @@ measurement of the suite.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .methods import METHODS, Batch, TrainContext
 from .gpu import place
+from .methods import METHODS, Batch, TrainContext
 from .models import ModelInput, build_model, count_params
 from .suite import Job, Suite
 from .teachers import TEACHER_KINDS
@@ -130,6 +131,22 @@ class _PassCounter:
             self.nograd += 1
 
 
+@functools.lru_cache(maxsize=None)
+def teacher_passes(kind_name: str, params: tuple, train_cfg, channels: int = 1, num_classes: int = 10) -> int:
+    """Forward passes of one training step of a teacher of this kind (the inner attack's included), counted on a
+    stand-in model (once per set of arguments)."""
+    shape = (channels, 8, 8)
+    inp = ModelInput(shape, num_classes, (0.5,) * channels, (0.25,) * channels)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        x, y = torch.rand(4, *shape), torch.randint(0, num_classes, (4,))
+        model = build_model("cnn-small", inp)
+        kind = TEACHER_KINDS.get(kind_name)
+        counter = _PassCounter(model)
+        model.train()
+        kind.objective(model, {**kind.defaults, **dict(params)}, train_cfg)(x, y, 0.5)
+    return counter.grad + counter.nograd
+
+
 def count_passes(job: Job, ds: DataShape) -> dict:
     """Forward passes per training step of the job's model (grad) and teachers (no grad), on stand-in models."""
     shape = (ds.shape[0], 8, 8)
@@ -140,12 +157,8 @@ def count_passes(job: Job, ds: DataShape) -> dict:
     if job.is_teacher:
         if job.pair.pretrained is not None:
             return {"student": 0, "teacher": 0}
-        model = build_model("cnn-small", inp)
-        kind = TEACHER_KINDS.get(job.teacher_kind)
-        counter = _PassCounter(model)
-        model.train()
-        kind.objective(model, {**kind.defaults, **dict(job.params)}, t)(x, y, 0.5)
-        return {"student": counter.grad + counter.nograd, "teacher": 0}
+        return {"student": teacher_passes(job.teacher_kind, job.params, t, ds.shape[0], ds.num_classes),
+                "teacher": 0}
     cls = METHODS.get(job.method)
     student = build_model("cnn-small", inp)
     teachers = [build_model("cnn-small", inp).eval() for _ in job.teacher_specs()]

@@ -130,6 +130,14 @@ def _remote_details(error: BaseException) -> str | None:
     return str(cause) if cause is not None and type(cause).__name__ == "_RemoteTraceback" else None
 
 
+def teacher_cost(spec, train_cfg) -> int:
+    """A relative cost of training the teacher `spec`: epochs x forward passes per step (estimate.py counts them
+    on a stand-in model, the inner attack of an adversarial teacher included)."""
+    from .estimate import teacher_passes
+
+    return train_cfg.teacher_epochs * teacher_passes(spec.kind, spec.params, train_cfg)
+
+
 def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_dir: Path, progress,
              fail_fast: bool, data_dir, download: bool, corruptions_from) -> PoolOutcome:
     """Run the jobs `todo` on `workers` processes (see the module docstring); records go to `out`."""
@@ -149,11 +157,14 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
         progress.done += 1
         stop = stop or fail_fast
 
+    teachers_trained = 0  # tasks of this run as much as its jobs: the ETA counts them
+
     def line(what: str) -> None:
         elapsed = time.perf_counter() - progress.start
         finished = result.ran + len(result.failed)
         left = len(todo) - finished
-        eta = f", ETA {elapsed / finished * left:.0f}s" if finished and left else ""
+        tasks_done = finished + teachers_trained  # the time so far went to the teachers too
+        eta = f", ETA {elapsed / tasks_done * left:.0f}s" if finished and left else ""
         progress.say(f"[job {progress.total - left}/{progress.total}{eta}] {what}")
 
     ctx = get_context(start_method(device, threads))
@@ -170,6 +181,7 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
             return f
 
     try:
+        to_train = []  # (spec, job, key) of each teacher the cache lacks
         for job in todo:
             keys = []
             for spec in job.teacher_specs():
@@ -184,9 +196,14 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
                 if teacher_path(cache_dir, key).is_file():
                     t.ready = True
                 else:
-                    futures[submit(_teacher_task, spec, job)] = ("teacher", key)
+                    to_train.append((spec, job, key))
             waiting.append((job, keys))
-        n_train = sum(1 for kind, _ in futures.values() if kind == "teacher")
+        # the costliest teachers first: the jobs waiting for them are the costliest too (adversarial teachers
+        # and ARD/RSLAD students), so they start early and cheaper jobs fill the end, where a worker would idle
+        to_train.sort(key=lambda item: -teacher_cost(item[0], item[1].train))
+        for spec, job, key in to_train:
+            futures[submit(_teacher_task, spec, job)] = ("teacher", key)
+        n_train = len(to_train)
         progress.say(f"    {workers} worker processes ({ctx.get_start_method()}ed), {threads} thread(s) each; "
                      f"{n_train} teacher(s) to train first")
 
@@ -220,6 +237,7 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
                     save_teacher(cache_dir, what, t.cfg, blob)
                     result.profile["teacher training"] = result.profile.get("teacher training", 0.0) + seconds
                     t.ready = True
+                    teachers_trained += 1
                     progress.say(f"    teacher {t.label} trained ({seconds:.1f}s), cached")
                 else:
                     try:

@@ -224,3 +224,15 @@ def test_a_cpu_teacher_is_cached_per_thread_count(tiny_suite):
     spec = job.teacher_specs()[0]
     assert teacher_key(teacher_config(spec, job, 1)) != teacher_key(teacher_config(spec, job, 2))
     assert teacher_config(spec, job, 1)["threads"] == 1
+
+
+def test_teacher_cost_counts_the_inner_attack_of_an_adversarial_teacher():
+    """The pool trains the costliest teachers first (epochs x passes per step, counted on a stand-in), so the
+    adversarial teacher, and with it the ARD/RSLAD students, start early and cheap jobs fill the end."""
+    from kdbench.methods import TeacherSpec
+
+    t = load_suite("robustness").train
+    assert pool_executor.teacher_cost(TeacherSpec("cnn-large", "standard", 1), t) == t.teacher_epochs
+    assert pool_executor.teacher_cost(TeacherSpec("cnn-large", "defensive", 1), t) == t.teacher_epochs
+    adv = pool_executor.teacher_cost(TeacherSpec("cnn-large", "adversarial", 1), t)
+    assert adv == t.teacher_epochs * (1 + t.adv_steps)  # each step: the PGD steps, then the training pass

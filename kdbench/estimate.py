@@ -18,7 +18,6 @@ measurement of the suite.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import Counter
@@ -131,10 +130,9 @@ class _PassCounter:
             self.nograd += 1
 
 
-@functools.lru_cache(maxsize=None)
-def teacher_passes(kind_name: str, params: tuple, train_cfg, channels: int = 1, num_classes: int = 10) -> int:
+def teacher_passes(kind_name: str, params, train_cfg, channels: int = 1, num_classes: int = 10) -> int:
     """Forward passes of one training step of a teacher of this kind (the inner attack's included), counted on a
-    stand-in model (once per set of arguments)."""
+    stand-in model."""
     shape = (channels, 8, 8)
     inp = ModelInput(shape, num_classes, (0.5,) * channels, (0.25,) * channels)
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was

@@ -130,12 +130,17 @@ def _remote_details(error: BaseException) -> str | None:
     return str(cause) if cause is not None and type(cause).__name__ == "_RemoteTraceback" else None
 
 
-def teacher_cost(spec, train_cfg) -> int:
+def teacher_cost(spec, train_cfg, memo: dict | None = None) -> int:
     """A relative cost of training the teacher `spec`: epochs x forward passes per step (estimate.py counts them
-    on a stand-in model, the inner attack of an adversarial teacher included)."""
+    on a stand-in model, the inner attack of an adversarial teacher included). `memo` keeps the counts of the
+    kinds seen so far."""
     from .estimate import teacher_passes
 
-    return train_cfg.teacher_epochs * teacher_passes(spec.kind, spec.params, train_cfg)
+    memo = {} if memo is None else memo
+    key = (spec.kind, repr(spec.params), repr(train_cfg))
+    if key not in memo:
+        memo[key] = teacher_passes(spec.kind, spec.params, train_cfg)
+    return train_cfg.teacher_epochs * memo[key]
 
 
 def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_dir: Path, progress,
@@ -200,7 +205,8 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
             waiting.append((job, keys))
         # the costliest teachers first: the jobs waiting for them are the costliest too (adversarial teachers
         # and ARD/RSLAD students), so they start early and cheaper jobs fill the end, where a worker would idle
-        to_train.sort(key=lambda item: -teacher_cost(item[0], item[1].train))
+        passes: dict = {}
+        to_train.sort(key=lambda item: -teacher_cost(item[0], item[1].train, passes))
         for spec, job, key in to_train:
             futures[submit(_teacher_task, spec, job)] = ("teacher", key)
         n_train = len(to_train)

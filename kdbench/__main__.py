@@ -175,17 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from .cifar_c import with_cifar_c
     from .report import console_table, write_reports
     from .runner import pick_device
     from .suite import load_suite, with_overrides
 
-    suite = with_overrides(load_suite(args.suite), args.methods, args.seeds)
+    # the CIFAR-C folder is checked here, and its corruptions enter the job ids (a dry run's too)
+    suite = with_cifar_c(with_overrides(load_suite(args.suite), args.methods, args.seeds), args.corruptions_from)
     out = args.out or Path("results") / suite.name
     run_suite = _executor(args, suite)  # checks the executor's flags (a dry run too)
     if args.dry_run:
-        from .cifar_c import with_cifar_c
-
-        return cmd_dry_run(with_cifar_c(suite, args.corruptions_from), out, pick_device(args.device), args.quiet)
+        return cmd_dry_run(suite, out, pick_device(args.device), args.quiet)
     _check_run_inputs(suite, args)
     result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
                        data_dir=args.data_dir, download=args.download, corruptions_from=args.corruptions_from)
@@ -209,14 +209,11 @@ def cmd_run(args) -> int:
 
 
 def _check_run_inputs(suite, args) -> None:
-    """Input errors that would fail every job (missing dataset files, a bad CIFAR-C folder): one line now."""
+    """Input errors that would fail every job (missing dataset files, CIFAR-C corruptions without their folder):
+    one line now."""
     from .data import data_root
 
-    if args.corruptions_from is not None:
-        from .cifar_c import with_cifar_c
-
-        with_cifar_c(suite, args.corruptions_from)  # the folder holds CIFAR-C files, and those the suite names
-    elif suite.eval.cifar_c:
+    if suite.eval.cifar_c and args.corruptions_from is None:
         raise KdbenchError(f"suite {suite.name!r} evaluates the CIFAR-C corruptions {', '.join(suite.eval.cifar_c)}: "
                            "give their folder with --corruptions-from DIR")
     from .datasets_torchvision import SETS, check_available, download

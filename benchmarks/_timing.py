@@ -40,3 +40,14 @@ def ratio_line(name: str, ratio: float, target: float, above_is_bad: bool = True
     ok = ratio <= target if above_is_bad else ratio >= target
     sign = "<=" if above_is_bad else ">="
     return f"{name}: ratio {ratio:.3f} (target {sign} {target}) {'OK' if ok else 'ABOVE TARGET' if above_is_bad else 'BELOW TARGET'}"
+
+
+def default_train_config(batch_size: int | None = None):
+    """The default suite's [train] table (what `kdbench run --suite robustness` trains with), with its batch size
+    replaced by `batch_size` when given."""
+    import dataclasses
+
+    from kdbench.suite import load_suite
+
+    train = load_suite("robustness").jobs()[0].train
+    return train if batch_size is None else dataclasses.replace(train, batch_size=batch_size)

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import paired_ratio, ratio_line  # noqa: E402
+from _timing import default_train_config, paired_ratio, ratio_line  # noqa: E402
 
 from kdbench.data import DataConfig, load_data  # noqa: E402
 from kdbench.gpu import place  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
-from kdbench.suite import TrainConfig  # noqa: E402
-from kdbench.train import fit, make_optimizer  # noqa: E402
+from kdbench.optim import FlatOptimizer  # noqa: E402
+from kdbench.train import fit  # noqa: E402
 
 
 CPU = torch.device("cpu")
@@ -31,19 +31,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a job's threads in a default run)")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: the default suite's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig())
     x, y = data.x_train, data.y_train
     model = place(build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)  # as a run does
-    cfg = TrainConfig(batch_size=64)
+    cfg = default_train_config(args.batch_size)
     params = list(model.parameters())
 
     def epoch():
         fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), 1, cfg, 0, CPU)
 
-    batches = [torch.arange(i, min(i + 64, len(x))) for i in range(0, len(x), 64)]
-    assert len(batches) == math.ceil(len(x) / 64)
+    bs = cfg.batch_size
+    batches = [torch.arange(i, min(i + bs, len(x))) for i in range(0, len(x), bs)]
+    assert len(batches) == math.ceil(len(x) / bs)
 
     def passes():  # only the forward and backward passes of the same batches
         model.train()
@@ -52,19 +54,19 @@ def main() -> None:
                 p.grad = None
             F.cross_entropy(model(x[idx]), y[idx]).backward()
 
-    opt = make_optimizer(params, cfg)
-
     def passes_and_steps():  # the same passes, each followed by the optimizer step the epoch takes
         model.train()
+        opt = FlatOptimizer(params, cfg, len(batches))
         for idx in batches:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
+        opt.release()
 
     repeats = 3 if args.quick else 7
     r_opt, _, t_steps = paired_ratio(epoch, passes_and_steps, repeats)
     r, t_epoch, t_passes = paired_ratio(epoch, passes, repeats)
-    print(f"ce epoch {t_epoch * 1e3:.1f} ms vs its {len(batches)} forward+backward passes {t_passes * 1e3:.1f} ms "
+    print(f"ce epoch (batch {bs}) {t_epoch * 1e3:.1f} ms vs its {len(batches)} forward+backward passes {t_passes * 1e3:.1f} ms "
           "(the epoch adds shuffling, the optimizer step and the schedule)")
     print(f"the same passes with their {cfg.optimizer} steps: {t_steps * 1e3:.1f} ms; ce epoch / those: "
           f"{r_opt:.3f} (what the data handling and the loop add beyond the optimizer)")

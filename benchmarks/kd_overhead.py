@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import paired_ratio, ratio_line  # noqa: E402
+from _timing import default_train_config, paired_ratio, ratio_line  # noqa: E402
 
 from kdbench.data import DataConfig, load_data  # noqa: E402
 from kdbench.gpu import place  # noqa: E402
 from kdbench.methods import METHODS, Batch, TrainContext  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
-from kdbench.suite import TrainConfig  # noqa: E402
 from kdbench.train import fit, predict_logits  # noqa: E402
 
 
@@ -47,18 +46,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a job's threads in a default run)")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: the default suite's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig())
     teacher = place(build_model("cnn-large", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)
     teacher.eval().requires_grad_(False)
-    cfg = TrainConfig(batch_size=64)
+    cfg = default_train_config(args.batch_size)
     r, t_kd, t_ce = paired_ratio(epoch_runner("kd", data, teacher, cfg), epoch_runner("ce", data, teacher, cfg),
                                  3 if args.quick else 7)
     t0 = time.perf_counter()
     predict_logits(teacher, data.x_train)
     once = time.perf_counter() - t0
-    print(f"one epoch over {len(data.x_train)} digits, batch 64: kd {t_kd * 1e3:.1f} ms, ce {t_ce * 1e3:.1f} ms; "
+    print(f"one epoch over {len(data.x_train)} digits, batch {cfg.batch_size}: kd {t_kd * 1e3:.1f} ms, ce {t_ce * 1e3:.1f} ms; "
           f"the teacher's one pass over the training set per job: {once * 1e3:.1f} ms")
     print(ratio_line("kd epoch / ce epoch", r, 1.10))
 

@@ -110,8 +110,9 @@ def teacher_config(spec: TeacherSpec, job: Job, threads: int) -> dict:
     """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
     its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead)."""
     t = job.train
-    # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits
-    cfg = {"format": 2, "data": data_mod.config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
+    # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
+    # format 3: they train with optim.FlatOptimizer
+    cfg = {"format": 3, "data": data_mod.config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
            "params": dict(spec.params), "seed": spec.seed,
            "train": {"epochs": t.teacher_epochs, "batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr,
                      "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule}}

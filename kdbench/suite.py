@@ -26,6 +26,7 @@ from .errors import KdbenchError
 from .gpu import GpuConfig, check_gpu
 from .methods import METHODS, TeacherSpec
 from .models import MODELS
+from .optim import OPTIMIZERS, SCHEDULES
 from .pretrained import PretrainedTeacher, parse_teacher_table
 from .teachers import TEACHER_KINDS
 
@@ -163,8 +164,9 @@ class Suite:
 # What a job computes from its config, versioned: bumped when the same config would give different numbers, so
 # records of an older protocol never pass for new ones (their ids differ) and are re-run, not resumed.
 # 1: the first; 2: each attack runs only on the examples it has not broken at a smaller eps; 3: models in the
-# channels-last layout on the CPU, evaluation on a copy with batch norms folded (same functions, other last bits).
-PROTOCOL = 3
+# channels-last layout on the CPU, evaluation on a copy with batch norms folded (same functions, other last bits);
+# 4: training steps with optim.FlatOptimizer (Adam's and SGD's updates, in another order of float operations).
+PROTOCOL = 4
 
 
 @dataclass(frozen=True)
@@ -315,10 +317,10 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
         raise KdbenchError(f"seeds must be distinct, got {seeds!r}")
 
     train = from_table(TrainConfig, doc.get("train"), "train")
-    if train.optimizer not in ("adam", "sgd"):
-        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: adam, sgd")
-    if train.schedule not in ("cosine", "constant"):
-        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: constant, cosine")
+    if train.optimizer not in OPTIMIZERS:
+        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
+    if train.schedule not in SCHEDULES:
+        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
     for key in ("epochs", "teacher_epochs", "batch_size"):
         if getattr(train, key) < 1:
             raise KdbenchError(f"train.{key} must be >= 1, got {getattr(train, key)!r}")

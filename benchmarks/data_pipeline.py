@@ -26,6 +26,7 @@ from kdbench.train import fit  # noqa: E402
 
 
 CPU = torch.device("cpu")
+EPOCHS_PER_SAMPLE = 3  # each timed sample is 3 epochs: a 0.1 s epoch alone is at the mercy of machine noise
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -41,7 +42,8 @@ def main() -> None:
     params = list(model.parameters())
 
     def epoch():
-        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), 1, cfg, 0, CPU)
+        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), EPOCHS_PER_SAMPLE, cfg,
+            0, CPU)
 
     bs = cfg.batch_size
     batches = [torch.arange(i, min(i + bs, len(x))) for i in range(0, len(x), bs)]
@@ -49,26 +51,28 @@ def main() -> None:
 
     def passes():  # only the forward and backward passes of the same batches
         model.train()
-        for idx in batches:
+        for idx in batches * EPOCHS_PER_SAMPLE:
             for p in params:
                 p.grad = None
             F.cross_entropy(model(x[idx]), y[idx]).backward()
 
     def passes_and_steps():  # the same passes, each followed by the optimizer step the epoch takes
         model.train()
-        opt = FlatOptimizer(params, cfg, len(batches))
-        for idx in batches:
+        opt = FlatOptimizer(params, cfg, len(batches) * EPOCHS_PER_SAMPLE)
+        for idx in batches * EPOCHS_PER_SAMPLE:
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
         opt.release()
 
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 9
     r_opt, _, t_steps = paired_ratio(epoch, passes_and_steps, repeats)
     r, t_epoch, t_passes = paired_ratio(epoch, passes, repeats)
-    print(f"ce epoch (batch {bs}) {t_epoch * 1e3:.1f} ms vs its {len(batches)} forward+backward passes {t_passes * 1e3:.1f} ms "
-          "(the epoch adds shuffling, the optimizer step and the schedule)")
-    print(f"the same passes with their {cfg.optimizer} steps: {t_steps * 1e3:.1f} ms; ce epoch / those: "
+    k = EPOCHS_PER_SAMPLE
+    print(f"ce epoch (batch {bs}) {t_epoch / k * 1e3:.1f} ms vs its {len(batches)} forward+backward passes "
+          f"{t_passes / k * 1e3:.1f} ms (the epoch adds shuffling, the optimizer step and the schedule; median of "
+          f"{repeats} samples of {k} epochs)")
+    print(f"the same passes with their {cfg.optimizer} steps: {t_steps / k * 1e3:.1f} ms; ce epoch / those: "
           f"{r_opt:.3f} (what the data handling and the loop add beyond the optimizer)")
     print(ratio_line("ce epoch / forward+backward passes", r, 1.10))
 

@@ -329,7 +329,7 @@ def cmd_leaderboard(args) -> int:
         for b in rep["bad"]:
             print(f"warning: skipped damaged record {b.path}: {b.reason}", file=sys.stderr)
         print(f"{folder}: {rep['records']} records -> summary.csv, leaderboard.md, leaderboard.html, "
-              f"{len(rep['plots'])} plots")
+              f"{len(rep['plots'])} plots" + ("" if rep.get("rebuilt", True) else " (up to date, nothing rewritten)"))
     return 0
 
 

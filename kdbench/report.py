@@ -1,9 +1,15 @@
 """Records -> summary table (mean ± std over seeds), Markdown leaderboard and plots. A pure function of the
 records: reports never train and never evaluate.
+
+Since they are a pure function, `write_reports` keeps a stamp (`.reports.json`) of what it built them from (the
+records, the suite name, the headline eps and the source of the reporting code) and a digest of each file it
+wrote. When the inputs are the same and every file is intact, it rewrites nothing: drawing the plots is most
+of the cost of re-running a finished suite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -146,9 +152,45 @@ def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float)
     return "\n".join(parts)
 
 
+STAMP = ".reports.json"
+REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py")  # what the reports are computed by
+
+
+def _inputs_key(records: list[dict], suite: str, headline_eps: float) -> str:
+    h = hashlib.sha256(json.dumps([suite, headline_eps]).encode())
+    here = Path(__file__).resolve().parent
+    for name in REPORT_CODE:
+        h.update((here / name).read_bytes())
+    for r in sorted(records, key=lambda r: str(r.get("job_id"))):
+        h.update(json.dumps(r, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _built_from(out: Path, key: str) -> list[Path] | None:
+    """The plots of the reports under `out` if they were built from inputs with this key and every file they
+    wrote is still as written; otherwise None."""
+    try:
+        stamp = json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("key") != key or not isinstance(stamp.get("files"), dict):
+        return None
+    if not all(_digest(out / rel) == d for rel, d in stamp["files"].items()):
+        return None
+    return [out / rel for rel in stamp.get("plots", [])]
+
+
 def write_reports(out: Path, suite: str | None = None, headline_eps: float | None = None,
                   records: list[dict] | None = None) -> dict:
-    """Rebuild summary.csv, leaderboard.md, leaderboard.html and plots/ under `out` from its records."""
+    """Rebuild summary.csv, leaderboard.md, leaderboard.html and plots/ under `out` from its records, unless
+    they were built from the same inputs and are intact (see the module docstring); `rebuilt` says which."""
     from . import plots
     from .html_report import leaderboard_html
 
@@ -162,12 +204,21 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
         eps = [r.get("headline_eps") for r in records if r.get("headline_eps") is not None]
         headline_eps = max(set(eps), key=eps.count) if eps else 0.1
     summary = summarize(records)
+    key = _inputs_key(records, suite, headline_eps)
+    result = {"records": len(records), "bad": bad, "summary": summary, "headline_eps": headline_eps}
+    unchanged = _built_from(out, key)
+    if unchanged is not None:
+        return {**result, "plots": unchanged, "rebuilt": False}
+    (out / STAMP).unlink(missing_ok=True)  # a run killed below leaves no stamp, so the next one rebuilds
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(summary, suite, headline_eps))
     written = plots.write_plots(summary, out / "plots", headline_eps)
     page = leaderboard_html(leaderboard_tables(summary, headline_eps), suite, intro(headline_eps), written)
     atomic_write_text(out / "leaderboard.html", page)
-    return {"records": len(records), "bad": bad, "summary": summary, "plots": written, "headline_eps": headline_eps}
+    files = ["summary.csv", "leaderboard.md", "leaderboard.html"] + [p.relative_to(out).as_posix() for p in written]
+    stamp = {"key": key, "plots": files[3:], "files": {rel: _digest(out / rel) for rel in files}}
+    atomic_write_text(out / STAMP, json.dumps(stamp, indent=1) + "\n")
+    return {**result, "plots": written, "rebuilt": True}
 
 
 def console_table(summary: pd.DataFrame, headline_eps: float) -> str:

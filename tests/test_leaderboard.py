@@ -44,6 +44,34 @@ def test_leaderboard_recreates_reports_identically(results):
     assert sorted(p.name for p in (folder / "plots").glob("*.png")) == plots
 
 
+def test_reports_built_from_the_same_records_are_not_rewritten_and_damaged_ones_are(results):
+    from kdbench.report import write_reports
+
+    folder = results / "robustness"
+    assert write_reports(folder)["rebuilt"] is True
+    files = ["summary.csv", "leaderboard.md", "leaderboard.html", "plots/accuracy_vs_eps.png"]
+    written = {f: ((folder / f).read_bytes(), (folder / f).stat().st_mtime_ns) for f in files}
+    proc = run_cli("leaderboard", "--suite", "robustness", "--results", results)
+    assert proc.returncode == 0 and "up to date, nothing rewritten" in proc.stdout
+    assert {f: ((folder / f).read_bytes(), (folder / f).stat().st_mtime_ns) for f in files} == written
+    # an output edited or removed by hand is rebuilt as it was
+    (folder / "leaderboard.md").write_text("edited")
+    (folder / "plots" / "accuracy_vs_eps.png").unlink()
+    assert write_reports(folder)["rebuilt"] is True
+    assert {f: (folder / f).read_bytes() for f in files[:2]} == {f: written[f][0] for f in files[:2]}
+    assert (folder / "plots" / "accuracy_vs_eps.png").exists()
+    # a changed record is a new input
+    assert write_reports(folder)["rebuilt"] is False
+    record = next((folder / "records").glob("*.json"))
+    data = json.loads(record.read_text())
+    data["metrics"]["clean"] = 0.5
+    record.write_text(json.dumps(data))
+    assert write_reports(folder)["rebuilt"] is True
+    assert (folder / "summary.csv").read_bytes() != written["summary.csv"][0]
+    # so is another headline eps
+    assert write_reports(folder, headline_eps=0.2)["rebuilt"] is True
+
+
 def test_leaderboard_content(results):
     assert run_cli("leaderboard", "--suite", "robustness", "--results", results).returncode == 0
     md = (results / "robustness" / "leaderboard.md").read_text()

@@ -145,7 +145,8 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
         loaded = ws.teachers.get(("pretrained", job.pair.pretrained))
         if loaded is None:
             t0 = time.perf_counter()
-            model = load_pretrained(job.pair.pretrained, model_input(data), ws.device, ws.cache_dir)
+            model = place(load_pretrained(job.pair.pretrained, model_input(data), ws.device, ws.cache_dir),
+                          ws.device, job_gpu(job, ws.device))  # the layout of a trained teacher
             ws.add_time("teacher loading", time.perf_counter() - t0)
             loaded = ws.teachers[("pretrained", job.pair.pretrained)] = (spec, model)
         ws.teachers[key] = loaded

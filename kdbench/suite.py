@@ -165,7 +165,8 @@ class Suite:
 # records of an older protocol never pass for new ones (their ids differ) and are re-run, not resumed.
 # 1: the first; 2: each attack runs only on the examples it has not broken at a smaller eps; 3: models in the
 # channels-last layout on the CPU, evaluation on a copy with batch norms folded (same functions, other last bits);
-# 4: training steps with optim.FlatOptimizer (Adam's and SGD's updates, in another order of float operations).
+# 4: training steps with optim.FlatOptimizer (Adam's and SGD's updates, in another order of float operations);
+# pretrained (checkpoint, RobustBench) teachers in the layout of trained ones (channels-last on the CPU).
 PROTOCOL = 4
 
 

@@ -138,6 +138,16 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     assert records["teacher"]["metrics"]["clean"] == pytest.approx(clean)
     assert records["teacher"]["method"] == "teacher:pretrained"
 
+    # loaded in the layout of a trained teacher (channels-last on the CPU), frozen, in eval mode
+    from kdbench.runner import Progress, Workspace, get_teacher
+
+    job = jobs[1]
+    loaded = get_teacher(job.teacher_specs()[0], job, Workspace(torch.device("cpu"), tmp_path / "cache"),
+                         Progress(1, quiet=True))
+    conv = next(p for p in loaded.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
     # a changed checkpoint gets new job ids (its content hash is in them); the same bytes keep them
     again = load_suite(write_suite(tmp_path, '{ checkpoint = "ckpt/t.pt", arch = "cnn-large" }'))
     assert [j.job_id for j in again.jobs()] == [j.job_id for j in jobs]

@@ -108,6 +108,16 @@ def _executor(args, suite):
     return prepare(suite, args.device, args.address, args.cpus_per_job, args.gpus_per_job, args.max_retries)
 
 
+def _add_data_args(p) -> None:
+    """Where a run's data comes from (run, and check --run)."""
+    p.add_argument("--data-dir", type=Path, help="where torchvision datasets live (default: the suite's data_dir, "
+                                                 "else $KDBENCH_DATA, else ~/.cache/kdbench/data)")
+    p.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    p.add_argument("--corruptions-from", type=Path, metavar="DIR",
+                   help="a CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy, labels.npy): evaluated beside the "
+                        "synthetic corruptions as cifar-c/<name>/<severity>")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdbench", description="Robustness benchmark for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -122,12 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
     run.add_argument("--profile", action="store_true", help="print where the run's time went")
-    run.add_argument("--data-dir", type=Path, help="where torchvision datasets live (default: the suite's data_dir, "
-                                                   "else $KDBENCH_DATA, else ~/.cache/kdbench/data)")
-    run.add_argument("--download", action="store_true", help="download missing torchvision datasets")
-    run.add_argument("--corruptions-from", type=Path, metavar="DIR",
-                     help="a CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy, labels.npy): evaluated beside the "
-                          "synthetic corruptions as cifar-c/<name>/<severity>")
+    _add_data_args(run)
     run.add_argument("--dry-run", action="store_true",
                      help="print the job grid and a compute-time estimate measured on this device; run nothing")
     _add_executor_args(run)
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--device", default="auto")
     ck.add_argument("--cache-dir", type=Path)
     ck.add_argument("--quiet", action="store_true")
+    _add_data_args(ck)
     _add_executor_args(ck)
     return p
 
@@ -348,7 +354,13 @@ def cmd_check(args) -> int:
     cfg = dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
                               **{k: v for k, v in (("k", args.k), ("floor", args.floor)) if v is not None})
     if args.run:
-        result = _executor(args, suite)(folder, cache_dir=args.cache_dir, quiet=args.quiet)
+        from .cifar_c import with_cifar_c
+
+        suite = with_cifar_c(suite, args.corruptions_from)
+        run_suite = _executor(args, suite)
+        _check_run_inputs(suite, args)
+        result = run_suite(folder, cache_dir=args.cache_dir, quiet=args.quiet, data_dir=args.data_dir,
+                           download=args.download, corruptions_from=args.corruptions_from)
         write_reports(folder, suite.name, suite.headline_eps)
         if result.failed:
             print(f"{len(result.failed)} job(s) failed: see {folder / 'failures'}", file=sys.stderr)

@@ -33,7 +33,8 @@ def check_records(out, suite_name, corruptions_from=None):
 
 @pytest.mark.parametrize("suite_name,folder", [("robustness-mnist-smoke", "MNIST"),
                                                ("robustness-fashion-smoke", "FashionMNIST")])
-def test_mnist_family_smoke_suites(tmp_path, suite_name, folder):
+def test_mnist_family_smoke_suites(tmp_path, monkeypatch, suite_name, folder):
+    monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "elsewhere"))  # not the user's data folder
     write_mnist(tmp_path / "data", folder)
     out = tmp_path / "out"
     r = run_main("run", "--suite", suite_name, "--data-dir", tmp_path / "data", "--out", out, "--device", "cpu",
@@ -46,6 +47,16 @@ def test_mnist_family_smoke_suites(tmp_path, suite_name, folder):
     dry = run_main("run", "--suite", suite_name, "--out", out, "--dry-run", "--device", "cpu", "--quiet")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count(" done") == len(records) and "ESTIMATE for this device (cpu" in dry.stdout
+
+    # `check --run` finds the data where `run` does: without --data-dir the dataset is missing (exit 2)
+    check = ("check", "--suite", suite_name, "--run", "--out", out, "--results", tmp_path / "results", "--device",
+             "cpu", "--quiet", "--update-baseline")
+    missing = run_main(*check)
+    assert missing.returncode == 2 and f"dataset {load_suite(suite_name).data.name!r} is not in" in missing.stderr
+    assert not (tmp_path / "results").exists()
+    assert run_main(*check, "--data-dir", tmp_path / "data").returncode == 0
+    r = run_main(*check[:-1], "--data-dir", tmp_path / "data")
+    assert r.returncode == 0 and "0 regressed" in r.stdout, r.stdout + r.stderr
 
 
 def test_cifar10_smoke_suite_with_cifar_c(tmp_path, monkeypatch):

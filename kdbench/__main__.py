@@ -118,6 +118,11 @@ def _add_data_args(p) -> None:
                         "synthetic corruptions as cifar-c/<name>/<severity>")
 
 
+def _data_kwargs(args) -> dict:
+    """The run_suite options of the flags `_add_data_args` adds."""
+    return {"data_dir": args.data_dir, "download": args.download, "corruptions_from": args.corruptions_from}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdbench", description="Robustness benchmark for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -193,8 +198,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         return cmd_dry_run(suite, out, pick_device(args.device), args.quiet)
     _check_run_inputs(suite, args)
-    result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast,
-                       data_dir=args.data_dir, download=args.download, corruptions_from=args.corruptions_from)
+    result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast, **_data_kwargs(args))
     import time
 
     t0 = time.perf_counter()
@@ -359,8 +363,7 @@ def cmd_check(args) -> int:
         suite = with_cifar_c(suite, args.corruptions_from)
         run_suite = _executor(args, suite)
         _check_run_inputs(suite, args)
-        result = run_suite(folder, cache_dir=args.cache_dir, quiet=args.quiet, data_dir=args.data_dir,
-                           download=args.download, corruptions_from=args.corruptions_from)
+        result = run_suite(folder, cache_dir=args.cache_dir, quiet=args.quiet, **_data_kwargs(args))
         write_reports(folder, suite.name, suite.headline_eps)
         if result.failed:
             print(f"{len(result.failed)} job(s) failed: see {folder / 'failures'}", file=sys.stderr)

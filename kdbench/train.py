@@ -51,7 +51,6 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
     scale = LOSS_SCALE_INIT if amp == torch.float16 else None
     good_steps = 0  # float16: steps since the scale last changed
     history = []
-    step = 0
     module.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g).to(device)
@@ -61,7 +60,7 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
             if len(idx) < 2:  # batch norm cannot train on a single example
                 continue
             with training_precision(device, amp):
-                losses = step_losses(idx, step / total)
+                losses = step_losses(idx, opt.calls / total)  # steps taken so far
                 values = list(losses.values())
                 loss = values[0]
                 for v in values[1:]:
@@ -78,7 +77,6 @@ def fit(module: nn.Module, params: list[nn.Parameter], step_losses: Callable[[to
                         scale, good_steps = scale * 2, 0
                 else:
                     scale, good_steps = scale / 2, 0
-            step += 1
             for k, v in losses.items():
                 terms.setdefault(k, []).append(v.detach())
         history.append(_epoch_means(terms, steps_per_epoch, epoch))

@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failed job")
     run.add_argument("--profile", action="store_true", help="print where the run's time went")
     _add_data_args(run)
+    run.add_argument("--no-save-students", action="store_true",
+                     help="keep no student weights beside the records (default: the suite's [save] students, on)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the job grid and a compute-time estimate measured on this device; run nothing")
     _add_executor_args(run)
@@ -166,6 +168,32 @@ def build_parser() -> argparse.ArgumentParser:
                          "ids are de-duplicated; a job id with different numbers is a conflict: nothing is "
                          "written, exit 1)")
 
+    ev = sub.add_parser("evaluate", help="evaluate a model with a suite's evaluation protocol; writes an "
+                                         "'external' record (a leaderboard row)")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--record", type=Path, help="a kdbench record: its saved student (or teacher), evaluated with "
+                                                 "that record's own protocol")
+    src.add_argument("--checkpoint", type=Path, help="a state dict of a registered architecture (--arch)")
+    src.add_argument("--robustbench", metavar="ID", help="a RobustBench model-zoo entry (kdbench[robustbench])")
+    ev.add_argument("--name", required=True, help="the row's name on the leaderboard (shown as 'NAME [external]')")
+    ev.add_argument("--arch", help="with --checkpoint: its architecture (default: what a kdbench file says)")
+    ev.add_argument("--normalize", default="checkpoint", help="with --checkpoint: checkpoint (default), none or "
+                                                              "dataset, as for checkpoint teachers")
+    ev.add_argument("--threat-model", default="Linf", help="with --robustbench: the zoo's threat model")
+    ev.add_argument("--suite", help="the protocol for --checkpoint/--robustbench (default: robustness)")
+    ev.add_argument("--seeds", type=_int_list, help="evaluation seeds (default: the suite's first)")
+    ev.add_argument("--no-transfer", action="store_true", help="no transfer attack from the suite's teacher")
+    ev.add_argument("--out", type=Path, help="results folder (default: results/<suite>)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--cache-dir", type=Path, help="teacher cache (default: $KDBENCH_CACHE or ~/.cache/kdbench)")
+    ev.add_argument("--data-dir", type=Path, help="where torchvision datasets live (as for run)")
+    ev.add_argument("--corruptions-from", type=Path, metavar="DIR", help="the CIFAR-C folder (as for run)")
+    ev.add_argument("--quiet", action="store_true")
+
+    ex = sub.add_parser("export", help="copy a record's student weights, standalone model code and card to a folder")
+    ex.add_argument("record", type=Path, help="a record JSON file (results/<suite>/records/<job_id>.json)")
+    ex.add_argument("--to", type=Path, required=True, help="the folder to write (created; must be empty)")
+
     ck = sub.add_parser("check", help="compare a suite's results with its stored baseline (exit 1 on regression)")
     ck.add_argument("--suite", default="robustness", help="a built-in suite name or a .toml file")
     ck.add_argument("--results", type=Path, default=Path("results"), help="folder holding <suite>/")
@@ -193,6 +221,10 @@ def cmd_run(args) -> int:
 
     # the CIFAR-C folder is checked here, and its corruptions enter the job ids (a dry run's too)
     suite = with_cifar_c(with_overrides(load_suite(args.suite), args.methods, args.seeds), args.corruptions_from)
+    if args.no_save_students:
+        import dataclasses
+
+        suite = dataclasses.replace(suite, save=dataclasses.replace(suite.save, students=False))
     out = args.out or Path("results") / suite.name
     run_suite = _executor(args, suite)  # checks the executor's flags (a dry run too)
     if args.dry_run:
@@ -394,11 +426,56 @@ def cmd_check(args) -> int:
     return 1 if len(regressed) else 0
 
 
+def cmd_evaluate(args) -> int:
+    from . import external
+    from .report import write_reports
+    from .runner import default_cache_dir, pick_device
+
+    name = external.check_name(args.name)
+    device = pick_device(args.device)
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.record is not None:
+        given = [f for f, v in (("--suite", args.suite), ("--seeds", args.seeds), ("--arch", args.arch)) if v]
+        if given:
+            raise KdbenchError(f"{', '.join(given)} do not apply to --record (it is evaluated with its own protocol)")
+        target = external.from_record(args.record, name, cache_dir)
+    else:
+        from .cifar_c import with_cifar_c
+        from .suite import load_suite, with_overrides
+
+        suite = with_cifar_c(with_overrides(load_suite(args.suite or "robustness"), None, args.seeds),
+                             args.corruptions_from)
+        if args.checkpoint is not None:
+            model = external.checkpoint_model(args.checkpoint, args.arch, args.normalize)
+        else:
+            model = external.robustbench_model(args.robustbench, suite.data.name, args.threat_model)
+        target = external.from_suite(suite, name, model, args.seeds, not args.no_transfer, device.type == "cuda")
+    out = args.out or Path("results") / target.jobs[0].suite
+    written = external.evaluate_target(target, out, device, cache_dir, args.data_dir, False, args.corruptions_from,
+                                       args.quiet)
+    write_reports(out)
+    e = f"robust@{target.jobs[0].headline_eps:g}"
+    for rec in written:
+        print(f"{name} seed {rec['seed']}: clean {rec['metrics']['clean']:.4f}, {e} {rec['metrics'].get(e, float('nan')):.4f}"
+              + (f", flags: {' '.join(rec['flags'])}" if rec["flags"] else "") + f" [{rec['job_id']}]")
+    print(f"{len(written)} record(s) written, {len(target.jobs) - len(written)} already there; results in {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_record
+
+    files = export_record(args.record, args.to)
+    print(f"wrote {', '.join(files)} to {args.to}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard,
-                "reproduce": cmd_reproduce, "check": cmd_check}[args.command](args)
+                "reproduce": cmd_reproduce, "check": cmd_check, "evaluate": cmd_evaluate,
+                "export": cmd_export}[args.command](args)
     except KdbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,13 +82,20 @@ def sort_key(cell: str) -> str:
     return cell or ""
 
 
+def _cell_html(column: str, value) -> str:
+    """A cell's content: the card column links to the row's model card (cards.py)."""
+    if column == "card" and value:
+        return f'<a href="{html.escape(str(value))}">card</a>'
+    return html.escape(str(value))
+
+
 def table_html(df: pd.DataFrame) -> str:
     head = "".join(f'<th data-sortable="1">{html.escape(str(c))}</th>' for c in df.columns)
     rows = []
     for _, row in df.iterrows():
         cls = ' class="ref"' if str(row.get("rank")) == "ref" else ""
-        cells = "".join(f'<td data-sort="{html.escape(sort_key(str(v)))}">{html.escape(str(v))}</td>'
-                        for v in row.values)
+        cells = "".join(f'<td data-sort="{html.escape(sort_key(str(v)))}">{_cell_html(c, v)}</td>'
+                        for c, v in zip(df.columns, row.values))
         rows.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

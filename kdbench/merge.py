@@ -47,5 +47,16 @@ def merge_into(target: Path, sources: list[Path]) -> list[str]:
         return conflicts
     for job_id, (rec, where) in seen.items():
         if not record_path(target, job_id).exists():
+            _copy_weights(where.parent.parent, Path(target), rec)
             write_record(target, rec)
     return []
+
+
+def _copy_weights(source: Path, target: Path, rec: dict) -> None:
+    """A merged record's saved student (students.py) comes along, written before the record."""
+    from .records import atomic_write_bytes
+    from .students import weights_path
+
+    src = weights_path(source, rec)
+    if src is not None and src.is_file() and source.resolve() != target.resolve():
+        atomic_write_bytes(weights_path(target, rec), src.read_bytes())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cards import CARDS_DIR, build_cards, card_file
 from .records import atomic_write_text, load_records
 from .stats import ci95, mean_std, overlap
 
@@ -29,16 +30,18 @@ def fmt_eps(eps: float) -> str:
 def row_label(method: str, teacher_kind, role: str) -> str:
     if role == "teacher":
         return f"teacher ({teacher_kind})"
+    if role == "external":  # a model evaluated with `kdbench evaluate` (external.py)
+        return f"{method} [external]"
     return method if teacher_kind in (None, "standard") else f"{method} [{teacher_kind} teacher]"
 
 
 def summarize(records: list[dict]) -> pd.DataFrame:
     """One row per (dataset, pair, role, method, teacher kind, params): n seeds, mean and std of each metric."""
+    from .cards import group_key
+
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        key = (r["dataset"], r.get("pair", ""), r["role"], r["method"], r.get("teacher_kind") or "",
-               json.dumps(r.get("method_params", {}), sort_keys=True))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(group_key(r), []).append(r)
     rows = []
     for key, recs in sorted(groups.items()):
         recs = sorted(recs, key=lambda r: r["seed"])
@@ -86,20 +89,24 @@ def _delta_vs_ce(row, base, metric: str) -> str:
 
 
 def leaderboard_tables(summary: pd.DataFrame, headline_eps: float) -> list[tuple[str, pd.DataFrame]]:
-    """One ranked table per (dataset, pair): students by robust@headline, then the teachers as references."""
+    """One ranked table per (dataset, pair): students by robust@headline, then the teachers as references.
+    External rows (`kdbench evaluate`) are ranked in every table of their dataset (in a table of their own
+    where the dataset has no students)."""
     e = fmt_eps(headline_eps)
     key = f"robust@{e}:mean"
     out = []
     if summary.empty:
         return out
     student_rows = summary[summary["role"] == "student"]
+    externals = summary[summary["role"] == "external"]
+    student_rows = pd.concat([student_rows, externals[~externals["dataset"].isin(set(student_rows["dataset"]))]])
     groups = list(student_rows.groupby(["dataset", "pair"], sort=True)) if len(student_rows) else \
         list(summary.groupby(["dataset", "pair"], sort=True))
     for (dataset, pair), g in groups:
-        students = g[g["role"] == "student"].copy()
+        students = pd.concat([g[g["role"] == "student"], externals[externals["dataset"] == dataset]])
         if key in students:
             students = students.sort_values(key, ascending=False, na_position="last")
-        ce_rows = students[students["method"] == "ce"]
+        ce_rows = students[(students["method"] == "ce") & (students["role"] == "student")]
         base = ce_rows.iloc[0].to_dict() if len(ce_rows) else None
         teachers = summary[(summary["role"] == "teacher") & (summary["dataset"] == dataset)]
         teachers = teachers[teachers["arch"] == pair.split("->")[0]]
@@ -125,6 +132,7 @@ def _table_row(rank: str, r: dict, base, e: str) -> dict:
         "params": f"{int(r['model_params']):,}",
         "seeds": int(r["seeds"]),
         "flags": r["flags"] or "",
+        "card": card_file(tuple(r[g] for g in GROUP)),
     }
 
 
@@ -132,7 +140,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, row in df.iterrows():
-        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in cols) + " |")
+        cells = [f"[card]({row[c]})" if c == "card" and row[c] else str(row[c]).replace("|", "\\|") for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -153,7 +162,7 @@ def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float)
 
 
 STAMP = ".reports.json"
-REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py")  # what the reports are computed by
+REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py", "cards.py")  # what the reports are computed by
 
 
 def _inputs_key(records: list[dict], suite: str, headline_eps: float) -> str:
@@ -215,14 +224,27 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
     written = plots.write_plots(summary, out / "plots", headline_eps)
     page = leaderboard_html(leaderboard_tables(summary, headline_eps), suite, intro(headline_eps), written)
     atomic_write_text(out / "leaderboard.html", page)
-    files = ["summary.csv", "leaderboard.md", "leaderboard.html"] + [p.relative_to(out).as_posix() for p in written]
-    stamp = {"key": key, "plots": files[3:], "files": {rel: _digest(out / rel) for rel in files}}
+    cards = write_cards(out, records, suite)
+    plot_files = [p.relative_to(out).as_posix() for p in written]
+    files = ["summary.csv", "leaderboard.md", "leaderboard.html"] + plot_files + cards
+    stamp = {"key": key, "plots": plot_files, "files": {rel: _digest(out / rel) for rel in files}}
     atomic_write_text(out / STAMP, json.dumps(stamp, indent=1) + "\n")
     return {**result, "plots": written, "rebuilt": True}
+
+
+def write_cards(out: Path, records: list[dict], suite: str) -> list[str]:
+    """cards/<row>.json for every leaderboard row (cards.py); cards of rows that are gone are removed."""
+    cards = build_cards(records, suite)
+    for rel, card in cards.items():
+        atomic_write_text(out / rel, json.dumps(card, indent=1, sort_keys=True) + "\n")
+    for stale in sorted((out / CARDS_DIR).glob("*.json")):
+        if f"{CARDS_DIR}/{stale.name}" not in cards:
+            stale.unlink()
+    return sorted(cards)
 
 
 def console_table(summary: pd.DataFrame, headline_eps: float) -> str:
     parts = []
     for title, table in leaderboard_tables(summary, headline_eps):
-        parts += [title, table.drop(columns=["params"]).to_string(index=False), ""]
+        parts += [title, table.drop(columns=["params", "card"]).to_string(index=False), ""]
     return "\n".join(parts)

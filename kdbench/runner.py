@@ -270,38 +270,9 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
     train_seconds = time.perf_counter() - t0
     ws.add_time("student training", 0.0 if job.is_teacher else train_seconds)
 
-    seed_everything(job.seed)
-    timings: dict = {}
-    t1 = time.perf_counter()
-    transfer_cache = None
-    if source is not None:
-        key = (teacher_key(teacher_config(specs[0], job, torch.get_num_threads())), job.seed, repr(job.eval))
-        transfer_cache = ws.transfer.setdefault(key, {})
-    metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
-                                        job.headline_eps, source=source, timings=timings,
-                                        transfer_cache=transfer_cache)
-    if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
-        from .cifar_c import evaluate_cifar_c
-
-        t2 = time.perf_counter()
-        metrics.update(evaluate_cifar_c(model, ws.corruptions_from, data, job.eval.severities, job.eval.batch_size,
-                                        job.eval.cifar_c))
-        timings["cifar-c"] = time.perf_counter() - t2
-    eval_seconds = time.perf_counter() - t1
-    for k, v in timings.items():
-        ws.add_time(f"eval: {k}", v)
-
-    teacher_info = None
-    if teachers:
-        tm = teachers[0]
-        teacher_info = {"arch": specs[0].arch, "kind": specs[0].kind, "seeds": [s.seed for s in specs],
-                        "params": count_params(tm),
-                        "clean": (predict_logits(tm, data.x_test).argmax(1) == data.y_test).float().mean().item()}
-        teacher_info["macs"] = count_macs(tm, data.shape)
-        if job.pair.pretrained is not None:
-            teacher_info["kind"] = "pretrained"
-            teacher_info["pretrained"] = dataclasses.asdict(job.pair.pretrained)
-    return {
+    metrics, flags, evidence, timings, eval_seconds = evaluate_job_model(job, ws, model, source, specs, data)
+    teacher_info = teacher_summary(job, specs, teachers, data)
+    record = {
         "schema": 1,
         "job_id": job.job_id,
         "suite": job.suite,
@@ -327,6 +298,52 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         "env": environment(ws.device),
         "created": utc_now(),
     }
+    if job.save_student and not job.is_teacher:
+        from .students import attach_weights
+
+        attach_weights(record, model, data)
+    return record
+
+
+def evaluate_job_model(job: Job, ws: Workspace, model, source, specs, data) -> tuple:
+    """`model` evaluated with `job`'s protocol (attacks, transfer from `source`, corruptions, CIFAR-C); returns
+    (metrics, flags, flag evidence, timings, eval seconds). Shared by run_job and `kdbench evaluate`."""
+    seed_everything(job.seed)
+    timings: dict = {}
+    t1 = time.perf_counter()
+    transfer_cache = None
+    if source is not None:
+        key = (teacher_key(teacher_config(specs[0], job, torch.get_num_threads())), job.seed, repr(job.eval))
+        transfer_cache = ws.transfer.setdefault(key, {})
+    metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
+                                        job.headline_eps, source=source, timings=timings,
+                                        transfer_cache=transfer_cache)
+    if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
+        from .cifar_c import evaluate_cifar_c
+
+        t2 = time.perf_counter()
+        metrics.update(evaluate_cifar_c(model, ws.corruptions_from, data, job.eval.severities, job.eval.batch_size,
+                                        job.eval.cifar_c))
+        timings["cifar-c"] = time.perf_counter() - t2
+    eval_seconds = time.perf_counter() - t1
+    for k, v in timings.items():
+        ws.add_time(f"eval: {k}", v)
+    return metrics, flags, evidence, timings, eval_seconds
+
+
+def teacher_summary(job: Job, specs: list, teachers: list, data) -> dict | None:
+    """The record's `teacher` entry: the first teacher's arch, kind, seeds, size and clean accuracy."""
+    if not teachers:
+        return None
+    tm = teachers[0]
+    info = {"arch": specs[0].arch, "kind": specs[0].kind, "seeds": [s.seed for s in specs],
+            "params": count_params(tm),
+            "clean": (predict_logits(tm, data.x_test).argmax(1) == data.y_test).float().mean().item()}
+    info["macs"] = count_macs(tm, data.shape)
+    if job.pair.pretrained is not None:
+        info["kind"] = "pretrained"
+        info["pretrained"] = dataclasses.asdict(job.pair.pretrained)
+    return info
 
 
 @dataclass
@@ -381,7 +398,11 @@ def torch_threads(threads: int | None):
 
 
 def record_result(out: Path, record: dict) -> None:
-    """Write a finished job's record; a failure left by an earlier run of the same job goes."""
+    """Write a finished job's record, after its student's weights (students.py), so a record never names a
+    missing file; a failure left by an earlier run of the same job goes."""
+    from .students import save_weights
+
+    save_weights(out, record)
     write_record(out, record)
     for stale in (failures_dir(out) / f"{record['job_id']}.json", failures_dir(out) / f"{record['job_id']}.log"):
         stale.unlink(missing_ok=True)

@@ -86,6 +86,15 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True)
+class SaveConfig:
+    """`[save]`: what a run keeps besides its records. `students`: each student's weights as
+    students/<job_id>.pt beside its record (docs/models.md); off for grids too large to keep. Not part of job
+    ids: it changes no number."""
+
+    students: bool = True
+
+
+@dataclass(frozen=True)
 class Pair:
     teacher: str
     student: str
@@ -138,6 +147,7 @@ class Suite:
     check: CheckConfig = field(default_factory=CheckConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
 
     def jobs(self, cuda: bool = False) -> list[Job]:
         """Teacher reference jobs first, then students: (pair, method, seed) in file order. `cuda`: the jobs
@@ -148,7 +158,7 @@ class Suite:
             for m in self.methods:
                 for seed in self.seeds:
                     job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
-                              self.headline_eps, gpu)
+                              self.headline_eps, gpu, self.save.students)
                     students.append(job)
                     for spec in job.teacher_specs():
                         if spec.seed not in self.seeds:  # e.g. extra ensemble members: trained, not reported
@@ -183,6 +193,7 @@ class Job:
     eval: EvalConfig
     headline_eps: float
     gpu: GpuConfig | None = None  # the [gpu] settings of a job that runs on CUDA; None on the CPU
+    save_student: bool = True  # keep the student's weights beside its record ([save] students); not in the id
 
     @property
     def is_teacher(self) -> bool:
@@ -224,7 +235,7 @@ class Job:
 # ---- loading ----------------------------------------------------------------------------------------------
 
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
-              "check", "executor", "gpu"}
+              "check", "executor", "gpu", "save"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -363,8 +374,9 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
         raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
     gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
+    save = from_table(SaveConfig, doc.get("save"), "save")  # a non-boolean `students` is a one-line error
     return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check, executor,
-                 gpu)
+                 gpu, save)
 
 
 def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorConfig:

@@ -294,6 +294,9 @@ def cmd_reproduce(args) -> int:
     problem = validate_record(record) or (None if "config" in record else "it stores no job config")
     if problem:
         raise KdbenchError(f"{str(args.record)!r} is not a kdbench record: {problem}")
+    if record["role"] == "external":
+        raise KdbenchError(f"{str(args.record)!r} is an external record: evaluate its model again with "
+                           "kdbench evaluate")
     job = job_from_config(record["config"], record["suite"])
     if job.job_id != record["job_id"]:
         raise KdbenchError(f"the record's config hashes to {job.job_id}, not its job id {record['job_id']}: "
@@ -431,32 +434,18 @@ def cmd_evaluate(args) -> int:
     from .report import write_reports
     from .runner import default_cache_dir, pick_device
 
-    name = external.check_name(args.name)
     device = pick_device(args.device)
     cache_dir = args.cache_dir or default_cache_dir()
-    if args.record is not None:
-        given = [f for f, v in (("--suite", args.suite), ("--seeds", args.seeds), ("--arch", args.arch)) if v]
-        if given:
-            raise KdbenchError(f"{', '.join(given)} do not apply to --record (it is evaluated with its own protocol)")
-        target = external.from_record(args.record, name, cache_dir)
-    else:
-        from .cifar_c import with_cifar_c
-        from .suite import load_suite, with_overrides
-
-        suite = with_cifar_c(with_overrides(load_suite(args.suite or "robustness"), None, args.seeds),
-                             args.corruptions_from)
-        if args.checkpoint is not None:
-            model = external.checkpoint_model(args.checkpoint, args.arch, args.normalize)
-        else:
-            model = external.robustbench_model(args.robustbench, suite.data.name, args.threat_model)
-        target = external.from_suite(suite, name, model, args.seeds, not args.no_transfer, device.type == "cuda")
+    target = external.target_from_args(args, device, cache_dir)
+    name = target.name
     out = args.out or Path("results") / target.jobs[0].suite
     written = external.evaluate_target(target, out, device, cache_dir, args.data_dir, False, args.corruptions_from,
                                        args.quiet)
     write_reports(out)
     e = f"robust@{target.jobs[0].headline_eps:g}"
     for rec in written:
-        print(f"{name} seed {rec['seed']}: clean {rec['metrics']['clean']:.4f}, {e} {rec['metrics'].get(e, float('nan')):.4f}"
+        m = rec["metrics"]
+        print(f"{name} seed {rec['seed']}: clean {m['clean']:.4f}, {e} {m.get(e, float('nan')):.4f}"
               + (f", flags: {' '.join(rec['flags'])}" if rec["flags"] else "") + f" [{rec['job_id']}]")
     print(f"{len(written)} record(s) written, {len(target.jobs) - len(written)} already there; results in {out}")
     return 0

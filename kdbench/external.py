@@ -207,6 +207,26 @@ def external_job_id(target: Target, job, weights_sha: str) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
+def target_from_args(args, device, cache_dir: Path) -> Target:
+    """The Target of `kdbench evaluate`'s arguments (--record, or --checkpoint / --robustbench with --suite)."""
+    name = check_name(args.name)
+    if args.record is not None:
+        given = [f for f, v in (("--suite", args.suite), ("--seeds", args.seeds), ("--arch", args.arch)) if v]
+        if given:
+            raise KdbenchError(f"{', '.join(given)} do not apply to --record (it is evaluated with its own protocol)")
+        return from_record(args.record, name, cache_dir)
+    from .cifar_c import with_cifar_c
+    from .suite import load_suite, with_overrides
+
+    suite = with_cifar_c(with_overrides(load_suite(args.suite or "robustness"), None, args.seeds),
+                         args.corruptions_from)
+    if args.checkpoint is not None:
+        model = checkpoint_model(args.checkpoint, args.arch, args.normalize)
+    else:
+        model = robustbench_model(args.robustbench, suite.data.name, args.threat_model)
+    return from_suite(suite, name, model, args.seeds, not args.no_transfer, device.type == "cuda")
+
+
 def _model_facts(target: Target) -> dict:
     """The record's `external.model`: where the evaluated model came from."""
     return {k: v for k, v in dataclasses.asdict(target.model).items() if v}
@@ -262,7 +282,8 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
                 "train_history": [], "train_seconds": 0.0, "eval_seconds": round(eval_seconds, 3),
                 "eval_timings": {k: round(v, 3) for k, v in timings.items()},
                 "external": {"model": facts, "origin": target.origin, "protocol_job": job.config()},
-                "config": {"external": facts, "name": target.name, "protocol_job": job.config()},
+                "config": {"protocol": job.config()["protocol"], "external": facts, "name": target.name,
+                           "protocol_job": job.config()},
                 "env": environment(device), "created": utc_now(),
             }
             if target.model.source == "checkpoint":

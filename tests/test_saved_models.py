@@ -147,6 +147,14 @@ def test_external_checkpoint_is_a_leaderboard_row_with_its_flags(tmp_path):
     assert r.returncode == 0, r.stderr
     assert any("mine [external]" in k for k in json.loads((results / "tiny" / "baseline.json").read_text())["rows"])
     assert run_cli("check", "--suite", suite, "--results", results).returncode == 0
+    # the name is taken by this model: another model under it is refused, nothing written
+    other = tmp_path / "other.pt"
+    torch.save(_plain_torch_model(epochs=0).state_dict(), other)
+    before = sorted(p.name for p in (results / "tiny" / "records").iterdir())
+    r = run_cli("evaluate", "--checkpoint", other, "--arch", "cnn-small", "--suite", suite, "--name", "mine",
+                "--out", results / "tiny", "--no-transfer", "--quiet")
+    assert r.returncode == 2 and "is taken" in r.stderr
+    assert sorted(p.name for p in (results / "tiny" / "records").iterdir()) == before
 
 
 class _RunsCode:

@@ -273,7 +273,7 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
 
     seed_everything(job.seed)
     timings: dict = {}
-    masks: dict = {}
+    per_example: dict = {}
     t1 = time.perf_counter()
     transfer_cache = None
     if source is not None:
@@ -281,7 +281,7 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         transfer_cache = ws.transfer.setdefault(key, {})
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
-                                        transfer_cache=transfer_cache, masks=masks)
+                                        transfer_cache=transfer_cache, per_example=per_example)
     if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
         from .cifar_c import evaluate_cifar_c
 
@@ -320,7 +320,7 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         "metrics": metrics,
         "flags": flags,
         "flag_evidence": evidence,
-        "examples": pack_masks(masks),
+        "examples": pack_masks(per_example),
         "headline_eps": job.headline_eps,
         "train_history": history[-1:] if history else [],
         "train_seconds": round(train_seconds, 3),

@@ -381,9 +381,9 @@ def cmd_check(args) -> int:
         print(format_table(changed))
     for machine, rows in table[table["machine"] != ""].groupby("machine"):
         how = ("exact (equal configs give equal numbers)" if machine == "same machine" else
-               f"within the per-example noise model, Bonferroni over {len(rows)} metrics (alpha {cfg.alpha:g})")
-        print(f"{machine}: {len(rows)} checks, {how}; largest tolerance "
-              f"{100 * rows['tolerance'].max():.2g} points")
+               f"within the per-example noise model, Bonferroni over {len(rows)} metrics (alpha {cfg.alpha:g}); "
+               f"differences up to {100 * rows['tolerance'].max():.1f} points expected")
+        print(f"{machine}: {len(rows)} checks, {how}")
     regressed = table[table["status"] == "regressed"]
     improved = table[table["status"] == "improved"]
     for _, r in regressed.iterrows():

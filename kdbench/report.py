@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .records import atomic_write_text, load_records
-from .deltas import delta_columns
+from .deltas import baselines_of, delta_columns
 from .stats import mean_std
 
 GROUP = ["dataset", "pair", "role", "method", "teacher_kind", "params"]
@@ -163,7 +163,8 @@ REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py", "deltas.py
 
 
 def _inputs_key(records: list[dict], suite: str, headline_eps: float) -> str:
-    h = hashlib.sha256(json.dumps([suite, headline_eps]).encode())
+    methods = sorted({r["method"] for r in records})
+    h = hashlib.sha256(json.dumps([suite, headline_eps, [baselines_of(m) for m in methods]]).encode())
     here = Path(__file__).resolve().parent
     for name in REPORT_CODE:
         h.update((here / name).read_bytes())

@@ -197,3 +197,20 @@ def test_reproduce_on_another_machine_expects_its_noise(tmp_path):
     faked.write_text(json.dumps(doc))
     proc = run_main("reproduce", faked, "--cache-dir", tmp_path / "cache", "--quiet")
     assert proc.returncode == 1 and "robust@0.1" in proc.stdout
+
+
+def test_adversarial_methods_are_also_compared_with_adversarial_training():
+    import copy
+
+    from kdbench.report import leaderboard_tables, summarize
+
+    records = [json.loads(p.read_text()) for p in RECORDS.glob("*.json")]
+    at = [dict(copy.deepcopy(r), method="at", job_id=r["job_id"][::-1]) for r in records if r["method"] == "ce"]
+    for r in at:  # a stand-in row for the teacher-free adversarial training baseline
+        r["metrics"]["robust@0.1"] += 0.3
+    (title, table), = leaderboard_tables(summarize(records + at), 0.1, records + at)
+    assert list(table.columns[:5]) == ["rank", "method", "robust@0.1", "Δ vs ce", "Δ vs at"]
+    rows = {r["method"]: r for _, r in table.iterrows()}
+    assert rows["rslad [adversarial teacher]"]["Δ vs at"].startswith("+13.5")  # 43.5 - 30 points
+    assert rows["kd"]["Δ vs at"] == "" and rows["kd"]["Δ vs ce"] and rows["at"]["Δ vs at"] == ""
+    assert "Δ vs ce / at" in table.attrs["note"]

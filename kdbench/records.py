@@ -117,7 +117,6 @@ def environment(device) -> dict:
     import torchattacks
 
     from . import __version__
-
     from .machine import cpu_info, gpu_name
 
     return {"kdbench": __version__, "torch": torch.__version__, "torchattacks": torchattacks.__version__,

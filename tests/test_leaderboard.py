@@ -181,6 +181,7 @@ def test_check_tolerance_override(results):
     ("missing-row", "missing now"),
     ("missing-metric", "present on one side only"),
     ("bad-tolerance", "METRIC=VALUE"),
+    ("old-schema", "baseline schema 1 is not 2; re-create it"),
 ])
 def test_check_usage_errors_exit_2(results, case, message):
     if case != "no-baseline":
@@ -201,6 +202,8 @@ def test_check_usage_errors_exit_2(results, case, message):
         path.write_text(json.dumps(doc))
     elif case == "bad-tolerance":
         extra = ["--tolerance", "clean"]
+    elif case == "old-schema":  # a baseline of means and stds, before the seed-by-seed check
+        path.write_text(json.dumps({"schema": 1, "suite": "robustness", "headline_eps": 0.1, "rows": {}}))
     proc = _check(results, *extra)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

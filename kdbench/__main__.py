@@ -151,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="re-run the job of a record and compare every metric")
     rp.add_argument("record", type=Path, help="a record JSON file (results/<suite>/records/<job_id>.json)")
     rp.add_argument("--device", default="cpu", help="device to re-run on (default cpu)")
-    rp.add_argument("--tolerance", type=float, default=0.0,
-                    help="largest allowed absolute difference per metric (default 0: bit-for-bit)")
+    rp.add_argument("--tolerance", type=float,
+                    help="largest allowed absolute difference per metric (default: bit-for-bit on the record's "
+                         "machine type and threads; on another machine, the noise a re-run there is expected to "
+                         "make, from the per-example noise model)")
     rp.add_argument("--cache-dir", type=Path,
                     help="reuse this teacher cache (default: a fresh temporary one, so teachers are retrained)")
     rp.add_argument("--data-dir", type=Path, help="where torchvision datasets live (as for run)")
@@ -203,8 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "fresh folder re-runs every job, e.g. in CI after a code change")
     ck.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
                     help="absolute tolerance for a metric or glob, e.g. 'robust@*=0.05' (repeatable)")
-    ck.add_argument("--k", type=float, help="tolerance multiplier of the baseline's standard error (default 3)")
-    ck.add_argument("--floor", type=float, help="smallest tolerance (default 0.02)")
+    ck.add_argument("--alpha", type=float, help="across machines: chance that machine noise alone fails the check "
+                                                "(default 0.05, Bonferroni over the metrics)")
+    ck.add_argument("--k", type=float, help="for baselines without per-example data: tolerance multiplier of the "
+                                            "baseline's standard error (default 3)")
+    ck.add_argument("--floor", type=float, help="for baselines without per-example data: smallest tolerance "
+                                                "(default 0.02)")
     ck.add_argument("--device", default="auto")
     ck.add_argument("--cache-dir", type=Path)
     ck.add_argument("--quiet", action="store_true")
@@ -237,7 +243,7 @@ def cmd_run(args) -> int:
     rep = write_reports(out, suite.name, suite.headline_eps)
     result.profile["reporting"] = time.perf_counter() - t0
     if not args.quiet:
-        print(console_table(rep["summary"], suite.headline_eps))
+        print(console_table(rep["summary"], suite.headline_eps, rep["record_list"]))
     for job, reason in result.failed:
         print(f"FAILED {job.label()} [{job.job_id}]: {reason}", file=sys.stderr)
     if args.profile:
@@ -309,24 +315,9 @@ def cmd_reproduce(args) -> int:
             ws = Workspace(device, args.cache_dir or Path(tmp), data_dir=args.data_dir,
                            corruptions_from=args.corruptions_from)
             again = run_job(job, ws, Progress(1, args.quiet))
-    worst = 0.0
-    rows = []
-    for name in sorted(set(record["metrics"]) | set(again["metrics"])):
-        a, b = record["metrics"].get(name), again["metrics"].get(name)
-        diff = float("inf") if a is None or b is None else abs(a - b)
-        worst = max(worst, diff)
-        rows.append((name, a, b, diff))
-    bad = [r for r in rows if r[3] > args.tolerance]
-    for name, a, b, diff in bad:
-        print(f"  {name:<32} stored {a}  reproduced {b}  |diff| {diff:.3g}")
-    same_flags = sorted(record["flags"]) == sorted(again["flags"])
-    if not same_flags:
-        print(f"  flags: stored {record['flags']}  reproduced {again['flags']}")
-    env = record.get("env", {})
-    print(f"{len(rows)} metrics compared, {len(bad)} differ by more than {args.tolerance:g} (largest {worst:.3g}); "
-          f"stored on {env.get('device')} torch {env.get('torch')}, reproduced on {device} torch "
-          f"{again['env']['torch']}")
-    return 0 if not bad and same_flags else 1
+    from .reproduce import compare_rerun
+
+    return compare_rerun(record, again, args.tolerance)
 
 
 def cmd_list(args) -> int:
@@ -381,9 +372,9 @@ def cmd_leaderboard(args) -> int:
 def cmd_check(args) -> int:
     import dataclasses
 
-    from .check import baseline_from_summary, compare, format_table, load_baseline, parse_overrides
+    from .check import baseline_from_records, compare, format_table, load_baseline, parse_overrides
     from .records import atomic_write_text, load_records
-    from .report import summarize, write_reports
+    from .report import write_reports
     from .suite import load_suite
 
     suite = load_suite(args.suite)
@@ -391,7 +382,8 @@ def cmd_check(args) -> int:
     folder = args.out or args.results / suite.name
     cfg = suite.check
     cfg = dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
-                              **{k: v for k, v in (("k", args.k), ("floor", args.floor)) if v is not None})
+                              **{k: v for k, v in (("k", args.k), ("floor", args.floor), ("alpha", args.alpha))
+                                 if v is not None})
     if args.run:
         from .cifar_c import with_cifar_c
 
@@ -410,7 +402,7 @@ def cmd_check(args) -> int:
         return 1
     if not records:
         raise KdbenchError(f"no records for suite {suite.name!r} under {str(folder)!r}; run it first (or use --run)")
-    current = baseline_from_summary(summarize(records), suite.name, suite.headline_eps)
+    current = baseline_from_records(records, suite.name, suite.headline_eps)
     path = baseline_path
     if args.update_baseline:
         import json
@@ -419,11 +411,19 @@ def cmd_check(args) -> int:
         print(f"wrote {path} ({len(current['rows'])} rows)")
         return 0
     table = compare(load_baseline(path), current, cfg)
-    print(format_table(table))
+    changed = table[table["status"] != "ok"]
+    if len(changed):
+        print(format_table(changed))
+    for machine, rows in table[table["machine"] != ""].groupby("machine"):
+        how = ("exact (equal configs give equal numbers)" if machine == "same machine" else
+               f"within the per-example noise model, Bonferroni over {len(rows)} metrics (alpha {cfg.alpha:g}); "
+               f"differences up to {100 * rows['tolerance'].max():.1f} points expected")
+        print(f"{machine}: {len(rows)} checks, {how}")
     regressed = table[table["status"] == "regressed"]
     improved = table[table["status"] == "improved"]
     for _, r in regressed.iterrows():
-        print(f"REGRESSION {r['row']}: {r['metric']}", file=sys.stderr)
+        seed = f" (seed {r['seed']})" if r["seed"] else ""
+        print(f"REGRESSION {r['row']}: {r['metric']}{seed}", file=sys.stderr)
     print(f"{len(table)} checks: {len(table) - len(regressed) - len(improved)} ok, {len(regressed)} regressed, "
           f"{len(improved)} improved" + (" (update the baseline on purpose: --update-baseline)" if len(improved) else ""))
     return 1 if len(regressed) else 0

@@ -1,14 +1,19 @@
-"""Regression check of a suite's robustness numbers against a stored baseline.
+"""Regression check of a suite's robustness numbers against a stored baseline, seed by seed.
 
-`results/<suite>/baseline.json` holds, per leaderboard row (dataset | pair | method), the mean and std over
-seeds of every checked metric and the flags that fired. It changes only through `check --update-baseline`.
+`results/<suite>/baseline.json` (schema 2) holds, per leaderboard row (dataset | pair | method) and per seed,
+every checked metric, the machine that made it (machine.py) and the per-example correctness of the record
+(examples.py), plus the flags that fired on the row. It changes only through `check --update-baseline`.
 
-A metric holds when current >= baseline - tolerance, with
-    tolerance = max(k * std_baseline * sqrt(2 / n), floor)        (defaults k = 3, floor = 0.02)
-i.e. k standard errors of a difference of two means of n seeds, never below 2 accuracy points. A drop beyond
-it is a regression (exit 1), a rise beyond it is reported as `improved` (exit 0: update the baseline on
-purpose). A flag that fires now but did not in the baseline is a regression too. Usage errors (no baseline,
-another suite's baseline, a row or metric present on one side only) exit 2.
+Each seed of the results is compared with the same seed of the baseline:
+- **same machine** type, thread count and versions: equal configs give equal numbers, so a metric holds only
+  when it is equal up to float round-trip (noise.FLOAT_NOISE). Any drop is a regression, any rise is reported.
+- **another machine** (another CPU, GPU or thread count): the seeds' differences are averaged, and the mean
+  holds within z * sd, sd from the per-example noise model of noise.py (measured flips where the records keep
+  per-example correctness), z at the Bonferroni level alpha / m for the m metrics compared across machines.
+  Baselines without per-example data fall back to max(k * std * sqrt(2 / n), floor) over the baseline's seeds.
+A `[check] tolerance` (or --tolerance) for a metric replaces the computed tolerance. A flag that fires now but
+did not in the baseline is a regression too. Usage errors (no baseline, another suite's or an older schema's
+baseline, a row, seed or metric present on one side only) exit 2.
 """
 
 from __future__ import annotations
@@ -22,76 +27,135 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .errors import KdbenchError
+from .examples import masks_of
+from .machine import same_machine
+from .noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd, z_for
 
 CHECKED = re.compile(r"^(clean|mca|robust@.*|(fgsm|pgd|apgd-ce|apgd-dlr|square|autoattack|transfer)@.*)$")
-BASELINE_SCHEMA = 1
+BASELINE_SCHEMA = 2
+ENV_KEYS = ("device", "threads", "torch", "torchattacks", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
 class CheckConfig:
     """The `[check]` table of a suite file; the command line overrides it."""
 
-    k: float = 3.0
+    k: float = 3.0  # fallback tolerance (baselines without per-example data): k standard errors of the seeds
     floor: float = 0.02
     tolerance: dict = field(default_factory=dict)  # metric name or glob -> absolute tolerance
+    alpha: float = ALPHA  # family-wise error of a check across machines
 
 
 def row_key(row) -> str:
     return f"{row['dataset']} | {row['pair']} | {row['label']}"
 
 
-def baseline_from_summary(summary: pd.DataFrame, suite: str, headline_eps: float) -> dict:
-    rows = {}
-    for _, r in summary.iterrows():
-        metrics = {}
-        for col in summary.columns:
-            if col.endswith(":mean") and CHECKED.match(col[:-5]) and not pd.isna(r[col]):
-                name = col[:-5]
-                metrics[name] = {"mean": float(r[col]), "std": float(r[f"{name}:std"])}
-        rows[row_key(r)] = {"seeds": int(r["seeds"]), "params": r["params"], "metrics": metrics,
-                            "flags": sorted(f.split("(")[0] for f in str(r["flags"] or "").split())}
+def baseline_from_records(records: list[dict], suite: str, headline_eps: float) -> dict:
+    from .report import row_label
+
+    rows: dict = {}
+    for r in sorted(records, key=lambda r: (str(r.get("job_id")))):
+        label = row_label(r["method"], r.get("teacher_kind") or None, r["role"])
+        key = row_key({"dataset": r["dataset"], "pair": r.get("pair", ""), "label": label})
+        row = rows.setdefault(key, {"params": json.dumps(r.get("method_params", {}), sort_keys=True), "flags": [],
+                                    "seeds": {}})
+        row["flags"] = sorted(set(row["flags"]) | set(r["flags"]))
+        env = r.get("env") or {}
+        row["seeds"][str(r["seed"])] = {
+            "metrics": {m: float(v) for m, v in sorted(r["metrics"].items()) if CHECKED.match(m)},
+            "env": {k: env.get(k) for k in ENV_KEYS}, "examples": r.get("examples")}
     return {"schema": BASELINE_SCHEMA, "suite": suite, "headline_eps": headline_eps, "rows": rows}
 
 
-def tolerance_for(metric: str, std: float, n: int, cfg: CheckConfig) -> float:
+def tolerance_override(metric: str, cfg: CheckConfig) -> float | None:
     for pattern, tol in cfg.tolerance.items():
         if metric == pattern or fnmatch.fnmatchcase(metric, pattern):
             return float(tol)
-    return max(cfg.k * std * math.sqrt(2.0 / max(n, 1)), cfg.floor)
+    return None
+
+
+def _fallback(values: list[float], cfg: CheckConfig) -> float:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return max(cfg.k * std * math.sqrt(2.0 / n), cfg.floor)
+
+
+def _same_sets(what: str, base, now, where: str = "") -> None:
+    only_base, only_now = sorted(set(base) - set(now)), sorted(set(now) - set(base))
+    if only_base or only_now:
+        raise KdbenchError(f"{what} differ between baseline and results{where}: "
+                           + "; ".join([f"missing now: {k}" for k in only_base] + [f"new: {k}" for k in only_now])
+                           + " (run the missing jobs, or --update-baseline on purpose)")
 
 
 def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
-    """One row per (leaderboard row, metric) and per changed flag set; `status` is ok/regressed/improved."""
+    """One row per (leaderboard row, metric, seed) on the same machine, per (leaderboard row, metric) across
+    machines (seeds pooled), and per changed flag set; `status` is ok/regressed/improved."""
     if baseline.get("schema") != BASELINE_SCHEMA:
-        raise KdbenchError(f"baseline schema {baseline.get('schema')!r} is not {BASELINE_SCHEMA}")
+        raise KdbenchError(f"baseline schema {baseline.get('schema')!r} is not {BASELINE_SCHEMA}; re-create it "
+                           "with --update-baseline from the records it was made from")
     if baseline["suite"] != current["suite"]:
         raise KdbenchError(f"the baseline is for suite {baseline['suite']!r}, not {current['suite']!r}")
-    only_base = sorted(set(baseline["rows"]) - set(current["rows"]))
-    only_now = sorted(set(current["rows"]) - set(baseline["rows"]))
-    if only_base or only_now:
-        raise KdbenchError("rows differ between baseline and results: "
-                           + "; ".join([f"missing now: {k}" for k in only_base] + [f"new: {k}" for k in only_now])
-                           + " (run the missing jobs, or --update-baseline on purpose)")
-    out = []
+    _same_sets("rows", baseline["rows"], current["rows"])
+    plan = []
     for key, base in baseline["rows"].items():
         now = current["rows"][key]
-        missing = sorted(set(base["metrics"]) ^ set(now["metrics"]))
-        if missing:
-            raise KdbenchError(f"metric(s) {', '.join(missing)} present on one side only for {key}")
-        for metric, b in base["metrics"].items():
-            c = now["metrics"][metric]["mean"]
-            tol = tolerance_for(metric, b["std"], base["seeds"], cfg)
-            delta = c - b["mean"]
-            status = "regressed" if delta < -tol else ("improved" if delta > tol else "ok")
-            out.append({"row": key, "metric": metric, "baseline": b["mean"], "current": c, "delta": delta,
-                        "tolerance": tol, "status": status})
+        _same_sets("seeds", base["seeds"], now["seeds"], f" for {key}")
+        for seed, b in base["seeds"].items():
+            missing = sorted(set(b["metrics"]) ^ set(now["seeds"][seed]["metrics"]))
+            if missing:
+                raise KdbenchError(f"metric(s) {', '.join(missing)} present on one side only for {key}, seed {seed}")
+        same = [s for s in base["seeds"] if same_machine(base["seeds"][s]["env"], now["seeds"][s]["env"])]
+        other = [s for s in base["seeds"] if s not in same]
+        plan.append((key, base, now, same, other))
+    m = sum(len(next(iter(base["seeds"].values()))["metrics"]) for _, base, _, _, other in plan if other)
+    z = z_for(m, cfg.alpha)
+    out = []
+    for key, base, now, same, other in plan:
+        metrics = sorted(next(iter(base["seeds"].values()))["metrics"])
+        for metric in metrics:
+            override = tolerance_override(metric, cfg)
+            for s in same:
+                b, c = base["seeds"][s]["metrics"][metric], now["seeds"][s]["metrics"][metric]
+                out.append(_result(key, metric, s, b, c, FLOAT_NOISE if override is None else override,
+                                   "same machine"))
+            if other:
+                b = [base["seeds"][s]["metrics"][metric] for s in other]
+                c = [now["seeds"][s]["metrics"][metric] for s in other]
+                tol = override if override is not None else _pooled_tolerance(base, now, other, metric, z, cfg)
+                out.append(_result(key, metric, ",".join(other), sum(b) / len(b), sum(c) / len(c), tol,
+                                   "other machine"))
         new_flags = sorted(set(now["flags"]) - set(base["flags"]))
         gone = sorted(set(base["flags"]) - set(now["flags"]))
         if new_flags or gone:
-            out.append({"row": key, "metric": "flags", "baseline": " ".join(base["flags"]) or "-",
-                        "current": " ".join(now["flags"]) or "-", "delta": "", "tolerance": "",
+            out.append({"row": key, "metric": "flags", "seed": "", "baseline": " ".join(base["flags"]) or "-",
+                        "current": " ".join(now["flags"]) or "-", "delta": "", "tolerance": "", "machine": "",
                         "status": "regressed" if new_flags else "improved"})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["row", "metric", "seed", "baseline", "current", "delta", "tolerance",
+                                      "machine", "status"])
+
+
+def _result(key, metric, seed, b, c, tol, machine) -> dict:
+    delta = c - b
+    status = "regressed" if delta < -tol else ("improved" if delta > tol else "ok")
+    return {"row": key, "metric": metric, "seed": seed, "baseline": b, "current": c, "delta": delta,
+            "tolerance": tol, "machine": machine, "status": status}
+
+
+def _pooled_tolerance(base: dict, now: dict, seeds: list[str], metric: str, z: float, cfg: CheckConfig) -> float:
+    """z * sd of the mean over `seeds` of (current - baseline), sd per seed from noise.rerun_sd."""
+    variances = []
+    for s in seeds:
+        bs, cs = base["seeds"][s], now["seeds"][s]
+        n = (bs.get("examples") or {}).get("n")
+        if not isinstance(n, int) or n != (cs.get("examples") or {}).get("n"):
+            return _fallback([base["seeds"][x]["metrics"][metric] for x in base["seeds"]], cfg)
+        mb, mc = masks_of(bs), masks_of(cs)
+        sd = rerun_sd(bs["metrics"][metric], cs["metrics"][metric], n, mb.get(metric), mc.get(metric),
+                      flip_rate(mb, mc))
+        variances.append(sd * sd)
+    return z * math.sqrt(sum(variances)) / len(seeds)
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -99,9 +163,10 @@ def format_table(table: pd.DataFrame) -> str:
         return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
 
     shown = table.copy()
-    for col in ("baseline", "current", "tolerance"):
+    for col in ("baseline", "current"):
         shown[col] = shown[col].map(pct)
-    shown["delta"] = table["delta"].map(lambda v: f"{100 * v:+.1f}" if isinstance(v, float) else str(v))
+    shown["tolerance"] = table["tolerance"].map(lambda v: "exact" if v == FLOAT_NOISE else pct(v))
+    shown["delta"] = table["delta"].map(lambda v: f"{100 * v:+.2f}" if isinstance(v, float) else str(v))
     return shown.to_string(index=False)
 
 

@@ -67,10 +67,11 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, ev, seed: int,
              headline_eps: float, source: nn.Module | None = None, timings: dict | None = None,
-             transfer_cache: dict | None = None):
+             transfer_cache: dict | None = None, per_example: dict | None = None):
     """Evaluate `model` in eval mode, on a copy with its batch norms folded (`fold_batch_norm`). `source` (the
     teacher) enables the transfer attack; its adversarial examples depend only on (source, eps, seed), so a
     caller evaluating several students of one teacher can pass the same `transfer_cache` dict to craft them once.
+    A `per_example` dict receives the per-example correctness: `clean` and `robust@<eps>` (the worst case per eps).
 
     Returns (metrics, flags, flag_evidence)."""
     transfer_cache = {} if transfer_cache is None else transfer_cache
@@ -134,6 +135,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         flags, details = compute_flags(evidence)
     else:
         flags, details = [], {}
+    if per_example is not None:
+        per_example.update({"clean": clean_ok, **{f"robust@{fmt_eps(eps)}": ok for eps, ok in robust_ok.items()}})
     return metrics, flags, details
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import KdbenchError
+from .examples import pack_masks
 from .pretrained import PretrainedTeacher, file_sha256
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -269,8 +270,9 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
                 continue
             specs = job.teacher_specs()[:1] if target.transfer else []
             teachers = [get_teacher(s, job, ws, progress) for s in specs]
+            per_example: dict = {}
             metrics, flags, evidence, timings, eval_seconds = evaluate_job_model(
-                job, ws, model, teachers[0] if teachers else None, specs, ws.get_data(job.data))
+                job, ws, model, teachers[0] if teachers else None, specs, ws.get_data(job.data), per_example)
             record = {
                 "schema": 1, "job_id": job_id, "suite": job.suite, "role": "external", "dataset": job.data.name,
                 "pair": "external", "teacher": target.origin.get("teacher"),
@@ -278,8 +280,8 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
                 "student": {"arch": target.model.arch or target.model.display_name(), "params": count_params(model),
                             "macs": count_macs(model, data.shape)},
                 "method": target.name, "method_params": {}, "teacher_kind": None, "seed": job.seed,
-                "metrics": metrics, "flags": flags, "flag_evidence": evidence, "headline_eps": job.headline_eps,
-                "train_history": [], "train_seconds": 0.0, "eval_seconds": round(eval_seconds, 3),
+                "metrics": metrics, "flags": flags, "flag_evidence": evidence, "examples": pack_masks(per_example),
+                "headline_eps": job.headline_eps, "train_history": [], "train_seconds": 0.0, "eval_seconds": round(eval_seconds, 3),
                 "eval_timings": {k: round(v, 3) for k, v in timings.items()},
                 "external": {"model": facts, "origin": target.origin, "protocol_job": job.config()},
                 "config": {"protocol": job.config()["protocol"], "external": facts, "name": target.name,

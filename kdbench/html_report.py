@@ -103,7 +103,9 @@ def table_html(df: pd.DataFrame) -> str:
 def leaderboard_html(tables: list[tuple[str, pd.DataFrame]], suite: str, intro: str, plots: list[Path]) -> str:
     parts = [f"<h1>kdbench leaderboard: {html.escape(suite)}</h1>", f'<p class="note">{html.escape(intro)}</p>']
     for title, df in tables:
-        parts += [f"<h2>{html.escape(title)}</h2>", table_html(df)]
+        note = df.attrs.get("note")
+        parts += [f"<h2>{html.escape(title)}</h2>"] + ([f'<p class="note">{html.escape(note)}</p>'] if note else [])
+        parts.append(table_html(df))
     if plots:
         parts.append("<h2>Plots</h2>")
     for p in plots:

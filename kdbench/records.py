@@ -117,10 +117,11 @@ def environment(device) -> dict:
     import torchattacks
 
     from . import __version__
+    from .machine import cpu_info, gpu_name
 
     return {"kdbench": __version__, "torch": torch.__version__, "torchattacks": torchattacks.__version__,
             "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
-            "git": git_state()}
+            "cpu": cpu_info(), "gpu": gpu_name(device), "git": git_state()}
 
 
 def utc_now() -> str:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cards import CARDS_DIR, build_cards, card_file
+from .cards import CARDS_DIR, build_cards, card_file, group_key
+from .deltas import baselines_of, delta_columns
 from .records import atomic_write_text, load_records
-from .stats import ci95, mean_std, overlap
+from .stats import mean_std
 
 GROUP = ["dataset", "pair", "role", "method", "teacher_kind", "params"]
 
@@ -37,8 +38,6 @@ def row_label(method: str, teacher_kind, role: str) -> str:
 
 def summarize(records: list[dict]) -> pd.DataFrame:
     """One row per (dataset, pair, role, method, teacher kind, params): n seeds, mean and std of each metric."""
-    from .cards import group_key
-
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(group_key(r), []).append(r)
@@ -69,29 +68,25 @@ def summarize(records: list[dict]) -> pd.DataFrame:
 
 
 def _cell(row, metric: str, digits: int = 1) -> str:
+    """'mean ± std' over seeds; the mean alone for one seed (no spread was measured)."""
     mean, std = row.get(f"{metric}:mean"), row.get(f"{metric}:std")
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
+    if int(row.get("seeds", 0)) < 2:
+        return f"{100 * mean:.{digits}f}"
     return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
 
 
-def _delta_vs_ce(row, base, metric: str) -> str:
-    """Difference of means in accuracy points; '≈' when the 95% intervals overlap (within seed noise)."""
-    if base is None or row["role"] == "teacher" or row["method"] == "ce":
-        return ""
-    m, s = row.get(f"{metric}:mean"), row.get(f"{metric}:std")
-    bm, bs = base.get(f"{metric}:mean"), base.get(f"{metric}:std")
-    if m is None or bm is None or any(isinstance(v, float) and math.isnan(v) for v in (m, bm)):
-        return ""
-    d = 100 * (m - bm)
-    noise = overlap(ci95(m, s, row["seeds"]), ci95(bm, bs, base["seeds"]))
-    return f"{d:+.1f}" + (" ≈" if noise else "")
-
-
-def leaderboard_tables(summary: pd.DataFrame, headline_eps: float) -> list[tuple[str, pd.DataFrame]]:
-    """One ranked table per (dataset, pair): students by robust@headline, then the teachers as references.
-    External rows (`kdbench evaluate`) are ranked in every table of their dataset (in a table of their own
-    where the dataset has no students)."""
+def leaderboard_tables(summary: pd.DataFrame, headline_eps: float,
+                       records: list[dict] | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """One ranked table per (dataset, pair): students by robust@headline, then the teachers as references. The
+    difference columns pair each student row with its baselines' rows seed by seed (and example by example where
+    the `records` keep per-example correctness); the test is named in the table's `attrs["note"]`. External rows
+    (`kdbench evaluate`) are ranked in every table of their dataset (in a table of their own where the dataset has
+    no students)."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in records or []:
+        by_key.setdefault(group_key(r), []).append(r)
     e = fmt_eps(headline_eps)
     key = f"robust@{e}:mean"
     out = []
@@ -106,25 +101,28 @@ def leaderboard_tables(summary: pd.DataFrame, headline_eps: float) -> list[tuple
         students = pd.concat([g[g["role"] == "student"], externals[externals["dataset"] == dataset]])
         if key in students:
             students = students.sort_values(key, ascending=False, na_position="last")
-        ce_rows = students[(students["method"] == "ce") & (students["role"] == "student")]
-        base = ce_rows.iloc[0].to_dict() if len(ce_rows) else None
         teachers = summary[(summary["role"] == "teacher") & (summary["dataset"] == dataset)]
         teachers = teachers[teachers["arch"] == pair.split("->")[0]]
+        student_dicts = [r.to_dict() for _, r in students.iterrows()]
+        deltas, note = delta_columns(student_dicts, lambda row: by_key.get(tuple(row[c] for c in GROUP), []),
+                                     f"robust@{e}")
         rows = []
-        for rank, (_, r) in enumerate(students.iterrows(), start=1):
-            rows.append(_table_row(str(rank), r.to_dict(), base, e))
+        for rank, r in enumerate(student_dicts, start=1):
+            rows.append(_table_row(str(rank), r, {c: v[rank - 1] for c, v in deltas.items()}, e))
         for _, r in teachers.iterrows():
-            rows.append(_table_row("ref", r.to_dict(), None, e))
-        out.append((f"{dataset}: {pair}", pd.DataFrame(rows)))
+            rows.append(_table_row("ref", r.to_dict(), {c: "" for c in deltas}, e))
+        table = pd.DataFrame(rows)
+        table.attrs["note"] = note
+        out.append((f"{dataset}: {pair}", table))
     return out
 
 
-def _table_row(rank: str, r: dict, base, e: str) -> dict:
+def _table_row(rank: str, r: dict, deltas: dict, e: str) -> dict:
     return {
         "rank": rank,
         "method": r["label"],
         f"robust@{e}": _cell(r, f"robust@{e}"),
-        "Δ vs ce": _delta_vs_ce(r, base, f"robust@{e}"),
+        **deltas,
         "clean": _cell(r, "clean"),
         f"pgd@{e}": _cell(r, f"pgd@{e}"),
         f"apgd-dlr@{e}": _cell(r, f"apgd-dlr@{e}"),
@@ -148,25 +146,28 @@ def to_markdown(df: pd.DataFrame) -> str:
 def intro(headline_eps: float) -> str:
     e = fmt_eps(headline_eps)
     return (f"Ranked by robust@{e}: per-example worst case over every attack run at eps = {e} (L-inf, [0, 1] "
-            "pixel scale). Cells are mean ± std over seeds, in % accuracy. 'Δ vs ce' is the difference in "
-            "robust accuracy to the ce student (no teacher), in points; '≈' marks a difference within seed "
-            "noise (the two 95% confidence intervals overlap). 'ref' rows are the teachers. Flags: sanity checks "
-            "that distrust a number (fired on n of the seeds); see the README.")
+            "pixel scale). Cells are mean ± std over seeds, in % accuracy (the mean alone for one seed). "
+            "'Δ vs <baseline>' is the paired difference in robust accuracy to the baseline rows a method is "
+            "compared with (ce: the student without a teacher; at: adversarial training without a teacher), in "
+            "points; each table's note names the test. 'ref' rows are the teachers. Flags: sanity checks that "
+            "distrust a number (fired on n of the seeds); see the README.")
 
 
-def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float) -> str:
+def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float, records=None) -> str:
     parts = [f"# kdbench leaderboard: {suite}", "", intro(headline_eps), ""]
-    for title, table in leaderboard_tables(summary, headline_eps):
-        parts += [f"## {title}", "", to_markdown(table), ""]
+    for title, table in leaderboard_tables(summary, headline_eps, records):
+        parts += [f"## {title}", ""] + ([table.attrs["note"], ""] if table.attrs.get("note") else [])
+        parts += [to_markdown(table), ""]
     return "\n".join(parts)
 
 
 STAMP = ".reports.json"
-REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py", "cards.py")  # what the reports are computed by
+REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py", "deltas.py", "paired.py", "cards.py")  # what the reports are computed by
 
 
 def _inputs_key(records: list[dict], suite: str, headline_eps: float) -> str:
-    h = hashlib.sha256(json.dumps([suite, headline_eps]).encode())
+    methods = sorted({r["method"] for r in records})
+    h = hashlib.sha256(json.dumps([suite, headline_eps, [baselines_of(m) for m in methods]]).encode())
     here = Path(__file__).resolve().parent
     for name in REPORT_CODE:
         h.update((here / name).read_bytes())
@@ -214,15 +215,16 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
         headline_eps = max(set(eps), key=eps.count) if eps else 0.1
     summary = summarize(records)
     key = _inputs_key(records, suite, headline_eps)
-    result = {"records": len(records), "bad": bad, "summary": summary, "headline_eps": headline_eps}
+    result = {"records": len(records), "bad": bad, "summary": summary, "headline_eps": headline_eps,
+              "record_list": records}
     unchanged = _built_from(out, key)
     if unchanged is not None:
         return {**result, "plots": unchanged, "rebuilt": False}
     (out / STAMP).unlink(missing_ok=True)  # a run killed below leaves no stamp, so the next one rebuilds
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "leaderboard.md", leaderboard_markdown(summary, suite, headline_eps))
+    atomic_write_text(out / "leaderboard.md", leaderboard_markdown(summary, suite, headline_eps, records))
     written = plots.write_plots(summary, out / "plots", headline_eps)
-    page = leaderboard_html(leaderboard_tables(summary, headline_eps), suite, intro(headline_eps), written)
+    page = leaderboard_html(leaderboard_tables(summary, headline_eps, records), suite, intro(headline_eps), written)
     atomic_write_text(out / "leaderboard.html", page)
     cards = write_cards(out, records, suite)
     plot_files = [p.relative_to(out).as_posix() for p in written]
@@ -243,8 +245,9 @@ def write_cards(out: Path, records: list[dict], suite: str) -> list[str]:
     return sorted(cards)
 
 
-def console_table(summary: pd.DataFrame, headline_eps: float) -> str:
+def console_table(summary: pd.DataFrame, headline_eps: float, records=None) -> str:
     parts = []
-    for title, table in leaderboard_tables(summary, headline_eps):
-        parts += [title, table.drop(columns=["params", "card"]).to_string(index=False), ""]
+    for title, table in leaderboard_tables(summary, headline_eps, records):
+        parts += [title, table.drop(columns=["params", "card"]).to_string(index=False)]
+        parts += [table.attrs["note"], ""] if table.attrs.get("note") else [""]
     return "\n".join(parts)

@@ -20,6 +20,7 @@ import torch
 from . import data as data_mod
 from .augment import make_augmenter
 from .evaluate import evaluate
+from .examples import pack_masks
 from .gpu import autocast_dtype, configure_backend, place
 from .methods import METHODS, Batch, TeacherSpec, TrainContext
 from .models import ModelInput, build_model, count_macs, count_params
@@ -270,7 +271,9 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
     train_seconds = time.perf_counter() - t0
     ws.add_time("student training", 0.0 if job.is_teacher else train_seconds)
 
-    metrics, flags, evidence, timings, eval_seconds = evaluate_job_model(job, ws, model, source, specs, data)
+    per_example: dict = {}
+    metrics, flags, evidence, timings, eval_seconds = evaluate_job_model(job, ws, model, source, specs, data,
+                                                                         per_example)
     teacher_info = teacher_summary(job, specs, teachers, data)
     record = {
         "schema": 1,
@@ -289,6 +292,7 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         "metrics": metrics,
         "flags": flags,
         "flag_evidence": evidence,
+        "examples": pack_masks(per_example),
         "headline_eps": job.headline_eps,
         "train_history": history[-1:] if history else [],
         "train_seconds": round(train_seconds, 3),
@@ -305,9 +309,10 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
     return record
 
 
-def evaluate_job_model(job: Job, ws: Workspace, model, source, specs, data) -> tuple:
+def evaluate_job_model(job: Job, ws: Workspace, model, source, specs, data, per_example: dict | None = None) -> tuple:
     """`model` evaluated with `job`'s protocol (attacks, transfer from `source`, corruptions, CIFAR-C); returns
-    (metrics, flags, flag evidence, timings, eval seconds). Shared by run_job and `kdbench evaluate`."""
+    (metrics, flags, flag evidence, timings, eval seconds) and fills `per_example` with the per-example
+    correctness masks (evaluate's out-parameter). Shared by run_job and `kdbench evaluate`."""
     seed_everything(job.seed)
     timings: dict = {}
     t1 = time.perf_counter()
@@ -317,7 +322,7 @@ def evaluate_job_model(job: Job, ws: Workspace, model, source, specs, data) -> t
         transfer_cache = ws.transfer.setdefault(key, {})
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
-                                        transfer_cache=transfer_cache)
+                                        transfer_cache=transfer_cache, per_example=per_example)
     if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
         from .cifar_c import evaluate_cifar_c
 

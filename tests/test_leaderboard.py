@@ -168,8 +168,10 @@ def test_check_reports_improvements_and_new_flags(results):
 def test_check_tolerance_override(results):
     assert _check(results, "--update-baseline").returncode == 0
     _edit(results, "kd", 1, lambda d: d["metrics"].update({"clean": d["metrics"]["clean"] - 0.03}))
-    assert _check(results).returncode == 0  # -1 point on the mean: within the 2-point floor
-    tight = _check(results, "--tolerance", "clean=0.001")
+    exact = _check(results)  # same machine: equal configs give equal numbers, so -3 points on one seed is caught
+    assert exact.returncode == 1 and "kd: clean (seed 1)" in exact.stderr
+    assert _check(results, "--tolerance", "clean=0.05").returncode == 0
+    tight = _check(results, "--tolerance", "clean=0.02")
     assert tight.returncode == 1 and "clean" in tight.stderr
 
 
@@ -179,6 +181,7 @@ def test_check_tolerance_override(results):
     ("missing-row", "missing now"),
     ("missing-metric", "present on one side only"),
     ("bad-tolerance", "METRIC=VALUE"),
+    ("old-schema", "baseline schema 1 is not 2; re-create it"),
 ])
 def test_check_usage_errors_exit_2(results, case, message):
     if case != "no-baseline":
@@ -195,10 +198,12 @@ def test_check_usage_errors_exit_2(results, case, message):
                 p.unlink()
     elif case == "missing-metric":
         doc = json.loads(path.read_text())
-        next(iter(doc["rows"].values()))["metrics"]["pgd@0.3"] = {"mean": 0.5, "std": 0.0}
+        next(iter(next(iter(doc["rows"].values()))["seeds"].values()))["metrics"]["pgd@0.3"] = 0.5
         path.write_text(json.dumps(doc))
     elif case == "bad-tolerance":
         extra = ["--tolerance", "clean"]
+    elif case == "old-schema":  # a baseline of means and stds, before the seed-by-seed check
+        path.write_text(json.dumps({"schema": 1, "suite": "robustness", "headline_eps": 0.1, "rows": {}}))
     proc = _check(results, *extra)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -44,6 +44,7 @@ class ARD(AdversarialDistiller):
     """
 
     defaults = {"temperature": 30.0, "alpha": 1.0, "inner": "kl"}
+    baselines = ("ce", "at")
 
     def losses(self, batch: Batch):
         T, alpha = self.params["temperature"], self.params["alpha"]
@@ -71,6 +72,7 @@ class RSLAD(AdversarialDistiller):
     """
 
     defaults = {"adv_weight": 5 / 6}
+    baselines = ("ce", "at")
 
     def losses(self, batch: Batch):
         w = self.params["adv_weight"]

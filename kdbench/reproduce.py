@@ -1,0 +1,41 @@
+"""`reproduce`: compare a record with a re-run of its job. On the record's machine type, thread count and versions
+the re-run must be bit-for-bit equal; on another machine each metric may move by the noise such a re-run is
+expected to make (noise.py), and only a larger difference fails.
+"""
+
+from __future__ import annotations
+
+from .machine import describe, differences
+from .noise import rerun_tolerances
+
+
+def compare_rerun(record: dict, again: dict, tolerance: float | None) -> int:
+    """Print how the re-run `again` differs from `record`; 0 when every metric is within its tolerance."""
+    tols, same = rerun_tolerances(record, again)
+    if tolerance is not None:
+        tols = {name: tolerance for name in tols}
+    worst = 0.0
+    rows = []
+    for name in sorted(set(record["metrics"]) | set(again["metrics"])):
+        a, b = record["metrics"].get(name), again["metrics"].get(name)
+        diff = float("inf") if a is None or b is None else abs(a - b)
+        worst = max(worst, diff)
+        rows.append((name, a, b, diff, tols.get(name, 0.0)))
+    bad = [r for r in rows if r[3] > r[4]]
+    for name, a, b, diff, tol in bad:
+        print(f"  {name:<32} stored {a}  reproduced {b}  |diff| {diff:.3g}  allowed {tol:.3g}")
+    same_flags = sorted(record["flags"]) == sorted(again["flags"])
+    if not same_flags:
+        print(f"  flags: stored {record['flags']}  reproduced {again['flags']}")
+    print(f"stored on {describe(record.get('env'))}; reproduced on {describe(again.get('env'))}")
+    if same or tolerance is not None:
+        allowed = "bit-for-bit" if tolerance is None else f"{tolerance:g}"
+        print(f"{len(rows)} metrics compared, {len(bad)} differ by more than allowed ({allowed}; largest "
+              f"difference {worst:.3g})")
+        return 0 if not bad and same_flags else 1
+    expected = max(tols.values(), default=0.0)
+    print(f"different machine ({'; '.join(differences(record.get('env'), again.get('env')))}): differences up to "
+          f"{100 * expected:.1f} points expected (per-example noise model, Bonferroni over {len(tols)} metrics)")
+    print(f"{len(rows)} metrics compared, {len(bad)} differ by more than expected (largest difference "
+          f"{100 * worst:.1f} points)" + ("" if same_flags else "; the flags differ, which machine noise can do"))
+    return 0 if not bad else 1

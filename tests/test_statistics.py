@@ -1,0 +1,216 @@
+"""Paired statistics of the leaderboard, the seed-by-seed regression gate and reproduction across machines."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_SUITE, run_cli, run_main
+
+from kdbench.examples import masks_of, pack, unpack
+from kdbench.paired import compare, crossed, holm, mcnemar, seed_t
+
+RECORDS = ROOT / "results" / "robustness" / "records"
+
+
+# --- statistics on synthetic data ----------------------------------------------------------------------------
+
+
+def test_masks_round_trip_compactly():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 360):
+        m = rng.random(n) < 0.5
+        text = pack(m)
+        assert len(text) <= 4 * ((n + 7) // 8 + 2) // 3
+        assert (unpack(text, n) == m).all()
+    with pytest.raises(ValueError):
+        unpack(pack(np.ones(9, bool)), 8)  # a ninth bit set: not a mask of 8 examples
+
+
+def test_holm_steps_down_and_ignores_missing_tests():
+    assert holm([0.01, 0.04, 0.03, float("nan")]) == [True, False, False, False]
+    assert holm([0.01, 0.02, 0.03]) == [True, True, True]  # 0.01 <= .05/3, 0.02 <= .05/2, 0.03 <= .05
+    assert holm([0.02, 0.02]) == [True, True]
+    assert holm([0.03, 0.03]) == [False, False]
+
+
+def test_crossed_test_holds_its_level_and_pairing_beats_the_seed_test():
+    rng = np.random.default_rng(1)
+    k, n = 3, 360
+    false = 0
+    for _ in range(200):  # no effect: differences are example noise only
+        p = rng.beta(0.5, 0.5, n)
+        a, b = rng.random((k, n)) < p, rng.random((k, n)) < p
+        false += crossed(a.astype(int) - b.astype(int)).p < 0.05
+    assert false <= 20  # 5% expected; 10% allowed for 200 draws
+    found = [0, 0]
+    for _ in range(200):  # a 6-point gain, identical for every seed
+        p = rng.beta(0.5, 0.5, n)
+        a, b = rng.random((k, n)) < np.clip(p + 0.06, 0, 1), rng.random((k, n)) < p
+        found[0] += crossed(a.astype(int) - b.astype(int)).p < 0.05
+        found[1] += seed_t(a.mean(1) - b.mean(1)).p < 0.05
+    assert found[0] > found[1] + 20
+
+
+def test_comparison_picks_the_test_the_records_allow():
+    a, b = np.array([1, 1, 1, 0, 1, 1] * 10, bool), np.array([1, 0, 0, 0, 1, 1] * 10, bool)
+    one = compare({1: a.mean()}, {1: b.mean()}, {1: a}, {1: b})
+    assert one.test == "mcnemar" and one.diff == pytest.approx(2 / 6) and one.p < 1e-4
+    assert mcnemar(a, a).p == 1.0
+    bare = compare({1: 0.6}, {1: 0.5})
+    assert bare.test == "none" and np.isnan(bare.low) and np.isnan(bare.p)
+    seeds = compare({1: 0.6, 2: 0.7, 3: 0.65}, {1: 0.5, 2: 0.62, 3: 0.52})
+    assert seeds.test == "seed-t" and seeds.df == 2 and seeds.low < seeds.diff < seeds.high
+
+
+def test_one_seed_shows_no_spread_and_names_the_test_that_still_applies():
+    from kdbench.report import leaderboard_markdown, summarize
+
+    records = [json.loads(p.read_text()) for p in RECORDS.glob("*.json")]
+    seed1 = [r for r in records if r["seed"] == 1]
+    md = leaderboard_markdown(summarize(seed1), "robustness", 0.1, seed1)
+    assert "±" not in md.split("| rank |")[1] and "≈" not in md
+    assert "no interval and no test apply" in md
+    kd = next(line for line in md.splitlines() if line.startswith("| ") and "| kd |" in line)
+    assert "[" not in kd.split("|")[4]  # no interval without per-example data
+    # with per-example data, one seed still has an example-level test (McNemar)
+    rng = np.random.default_rng(0)
+    for r in seed1:
+        mask = np.zeros(360, bool)
+        mask[rng.permutation(360)[:round(360 * r["metrics"]["robust@0.1"])]] = True
+        r["examples"] = {"n": 360, "masks": {"robust@0.1": pack(mask)}}
+    md = leaderboard_markdown(summarize(seed1), "robustness", 0.1, seed1)
+    assert "McNemar" in md and "not seed-to-seed variation" in md
+    kd = next(line for line in md.splitlines() if line.startswith("| ") and "| kd |" in line)
+    assert "[" in kd.split("|")[4]
+
+
+def test_the_committed_records_are_paired_on_seeds():
+    from kdbench.report import leaderboard_markdown, summarize
+
+    records = [json.loads(p.read_text()) for p in RECORDS.glob("*.json")]
+    md = leaderboard_markdown(summarize(records), "robustness", 0.1, records)
+    assert "paired t-test over seeds" in md and "Holm" in md and "Smallest detectable difference" in md
+    dtkd = next(line for line in md.splitlines() if "| dtkd |" in line).split("|")[4].strip()
+    assert dtkd.startswith("+10.4 [+7.2, +13.6]")  # per-seed differences +11.1 / +11.1 / +8.9
+
+
+# --- a tiny suite run for real: check and reproduce ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny suite (ce, kd; seeds 1, 2) run on one thread per job, with its baseline."""
+    root = tmp_path_factory.mktemp("stats")
+    suite = root / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    results = root / "results"
+    proc = run_cli("run", "--suite", suite, "--out", results / "tiny", "--workers", "1", "--cpus-per-job", "1",
+                   "--cache-dir", root / "cache", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert run_main("check", "--suite", suite, "--results", results, "--update-baseline").returncode == 0
+    return suite, results, root
+
+
+def _copy(tiny_run, name):
+    suite, results, root = tiny_run
+    out = root / name
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(results / "tiny", out)
+    return out
+
+
+def _edit(folder, method, seeds, fn):
+    for p in (folder / "records").glob("*.json"):
+        doc = json.loads(p.read_text())
+        if doc["method"] == method and doc["seed"] in seeds:
+            fn(doc)
+            p.write_text(json.dumps(doc))
+
+
+def _check(tiny_run, out):
+    suite, results, _ = tiny_run
+    return run_main("check", "--suite", suite, "--results", results, "--out", out)
+
+
+def test_records_keep_per_example_correctness_and_their_machine(tiny_run):
+    _, results, _ = tiny_run
+    for p in (results / "tiny" / "records").glob("*.json"):
+        rec = json.loads(p.read_text())
+        masks = masks_of(rec)
+        assert set(masks) == {"clean", "robust@0.1"} and rec["examples"]["n"] == 359  # 20% of the 1797 digits
+        for name, mask in masks.items():
+            assert mask.mean() == pytest.approx(rec["metrics"][name], abs=1e-6)  # metrics are float32 means
+        assert rec["env"]["cpu"]["model"] and rec["env"]["threads"] == 1 and "gpu" in rec["env"]
+
+
+def test_check_is_exact_on_the_same_machine(tiny_run):
+    same = _copy(tiny_run, "same")
+    ok = _check(tiny_run, same)
+    assert ok.returncode == 0 and "same machine" in ok.stdout and "0 regressed" in ok.stdout
+
+    # an injected 5-point drop of kd's robust@0.1 on every seed
+    _edit(same, "kd", (1, 2), lambda d: d["metrics"].update({"robust@0.1": d["metrics"]["robust@0.1"] - 0.05}))
+    bad = _check(tiny_run, same)
+    assert bad.returncode == 1 and "kd: robust@0.1 (seed 1)" in bad.stderr and "(seed 2)" in bad.stderr
+
+    # a 2-point change on one seed is reported (the old gate allowed 3 standard errors, never under 2 points)
+    again = _copy(tiny_run, "again")
+    _edit(again, "ce", (2,), lambda d: d["metrics"].update({"clean": d["metrics"]["clean"] - 0.02}))
+    one = _check(tiny_run, again)
+    assert one.returncode == 1 and "ce: clean (seed 2)" in one.stderr and "1 regressed" in one.stdout
+
+
+def test_check_across_thread_counts_uses_the_noise_model(tmp_path, tiny_suite):
+    """ce on seed 1, run on 1 then 2 threads (not bit-identical): nothing changed, so check passes."""
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    args = ("--suite", tiny_suite, "--methods", "ce", "--seeds", "1", "--workers", "1", "--quiet")
+    assert run_cli("run", *args, "--out", results / "tiny", "--cpus-per-job", "1", "--cache-dir", cache).returncode == 0
+    assert run_main("check", "--suite", tiny_suite, "--results", results, "--update-baseline").returncode == 0
+    two = tmp_path / "two-threads"
+    proc = run_cli("run", *args, "--out", two, "--cpus-per-job", "2", "--cache-dir", cache, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    ok = run_main("check", "--suite", tiny_suite, "--results", results, "--out", two)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "other machine" in ok.stdout and "same machine" not in ok.stdout
+
+    # a real drop is still caught across machines: ce's clean accuracy 8 points lower
+    _edit(two, "ce", (1,), lambda d: d["metrics"].update({"clean": d["metrics"]["clean"] - 0.08}))
+    bad = run_main("check", "--suite", tiny_suite, "--results", results, "--out", two)
+    assert bad.returncode == 1 and "ce: clean" in bad.stderr
+
+
+def test_reproduce_on_another_machine_expects_its_noise(tmp_path):
+    """A committed record whose recorded CPU is another: within the expected noise exits 0, a real change 1."""
+    path = next(p for p in sorted(RECORDS.glob("*.json"))
+                if json.loads(p.read_text())["method"] == "teacher:standard" and json.loads(p.read_text())["seed"] == 1)
+    doc = json.loads(path.read_text())
+    doc["env"]["cpu"] = {"model": "Some Other CPU", "capability": "AVX512", "flags": ["avx2", "avx512f", "fma"]}
+    faked = tmp_path / "faked.json"
+    faked.write_text(json.dumps(doc))
+    proc = run_main("reproduce", faked, "--cache-dir", tmp_path / "cache", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "different machine" in proc.stdout and "differences up to" in proc.stdout
+
+    doc["metrics"]["robust@0.1"] -= 0.25  # far beyond machine noise
+    faked.write_text(json.dumps(doc))
+    proc = run_main("reproduce", faked, "--cache-dir", tmp_path / "cache", "--quiet")
+    assert proc.returncode == 1 and "robust@0.1" in proc.stdout
+
+
+def test_adversarial_methods_are_also_compared_with_adversarial_training():
+    import copy
+
+    from kdbench.report import leaderboard_tables, summarize
+
+    records = [json.loads(p.read_text()) for p in RECORDS.glob("*.json")]
+    at = [dict(copy.deepcopy(r), method="at", job_id=r["job_id"][::-1]) for r in records if r["method"] == "ce"]
+    for r in at:  # a stand-in row for the teacher-free adversarial training baseline
+        r["metrics"]["robust@0.1"] += 0.3
+    (title, table), = leaderboard_tables(summarize(records + at), 0.1, records + at)
+    assert list(table.columns[:5]) == ["rank", "method", "robust@0.1", "Δ vs ce", "Δ vs at"]
+    rows = {r["method"]: r for _, r in table.iterrows()}
+    assert rows["rslad [adversarial teacher]"]["Δ vs at"].startswith("+13.5")  # 43.5 - 30 points
+    assert rows["kd"]["Δ vs at"] == "" and rows["kd"]["Δ vs ce"] and rows["at"]["Δ vs at"] == ""
+    assert "Δ vs ce / at" in table.attrs["note"]

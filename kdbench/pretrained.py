@@ -6,9 +6,10 @@ In a suite's `[[pairs]]`, the teacher may be a table instead of an architecture 
     teacher = { checkpoint = "models/model_cifar_wrn.pt", arch = "wrn-34-10", normalize = "none" }
     teacher = { robustbench = "Carmon2019Unlabeled" }                          # pip install 'kdbench[robustbench]'
 
-- `checkpoint`: a state dict (a file written by `torch.save(model.state_dict())`, optionally wrapped as
-  {"state_dict": ...} / {"model": ...} or with DataParallel's "module." prefixes), loaded with
-  `weights_only=True`, so a checkpoint can never run code. `arch` is a registered architecture; keys or shapes
+- `checkpoint`: a state dict (a file written by `torch.save(model.state_dict())`), or a training checkpoint
+  that keeps one under a known key (`WEIGHT_KEYS`: "state_dict", "model", "net", ...) beside optimizer state,
+  epoch, accuracy and the like; DataParallel's "module." and torch.compile's "_orig_mod." prefixes are removed.
+  Loaded with `weights_only=True`, so a checkpoint can never run code. `arch` is a registered architecture; keys or shapes
   that do not match it are one error listing the missing, unexpected and mismatched keys. A relative path
   is relative to the suite file's folder. The file's SHA-256 is part of the job id: a changed checkpoint
   re-runs its jobs.
@@ -24,6 +25,7 @@ In a suite's `[[pairs]]`, the teacher may be a table instead of an architecture 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,17 +105,65 @@ def parse_teacher_table(table: dict, where: str, base_dir: Path, dataset: str) -
 
 # ---- loading -----------------------------------------------------------------------------------------------
 
+# where training scripts keep the weights in a checkpoint dict, beside optimizer state, epoch, accuracy, ...
+WEIGHT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "state_dict_model",
+               "weights", "params")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def _training_script_globals() -> list:
+    """What training scripts pickle beside the weights that builds no code, so that loading them stays
+    `weights_only=True`: the run's arguments (argparse.Namespace) and numpy numbers (an accuracy, a loss)."""
+    import argparse
+
+    import numpy as np
+
+    scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
+    return [argparse.Namespace, np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"),
+            *{type(np.dtype(code)) for code in "?bhilqBHILQefdFD"}]
+
+
+def read_checkpoint(path: Path, device="cpu"):
+    """What torch.load(path, weights_only=True) returns, with the few plain objects of `_training_script_globals`
+    allowed; anything else that would need code to build is one error naming it."""
+    try:
+        with torch.serialization.safe_globals(_training_script_globals()):
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle safely is a bad checkpoint
+        text = str(e)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"but got <class '([^']+)'>",
+                                                                                   text)
+        why = (f"it holds a {unsafe.group(1)} object, which loading without running code (weights_only=True) "
+               f"refuses: save the state dict alone, torch.save(model.state_dict(), path)" if unsafe else
+               f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
+        raise KdbenchError(f"cannot load checkpoint {str(path)!r}: {why}") from None
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
 def _unwrap(obj, path: str) -> dict:
-    """A plain {name: tensor} dict from what torch.load returned (unwrapping the usual containers)."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict) and len(obj) <= 4:
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise KdbenchError(f"checkpoint {path!r} is not a state dict (a mapping of parameter names to tensors)")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    """A plain {name: tensor} dict from what torch.load returned: a state dict itself, or a training checkpoint
+    that keeps one under a known weight key (`WEIGHT_KEYS`, nested at most twice), whatever else it holds."""
+    for _ in range(3):
+        if not isinstance(obj, dict) or _is_state_dict(obj):
+            break
+        inner = [k for k in WEIGHT_KEYS if isinstance(obj.get(k), dict)]
+        weights = [k for k in inner if _is_state_dict(obj[k])]
+        if len(weights) > 1:
+            raise KdbenchError(f"checkpoint {path!r} holds weights under {' and '.join(map(repr, weights))}: "
+                               f"save the teacher's state dict alone")
+        if not inner:
+            break
+        obj = obj[(weights or inner)[0]]
+    if not _is_state_dict(obj):
+        keys = f"; its keys: {_names([str(k) for k in obj])}" if isinstance(obj, dict) else ""
+        raise KdbenchError(f"checkpoint {path!r} is not a state dict (a mapping of parameter names to tensors) "
+                           f"and keeps none under a known key ({', '.join(WEIGHT_KEYS)}){keys}")
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
 
@@ -124,9 +174,7 @@ def _names(keys: list[str], limit: int = 6) -> str:
 
 def load_checkpoint_into(model: nn.Module, pre: PretrainedTeacher, device, mean, std) -> nn.Module:
     """Load `pre`'s state dict into `model` (built for its arch), or raise one error listing every mismatch."""
-    from .runner import load_state_dict
-
-    state = _unwrap(load_state_dict(Path(pre.ref), device), pre.ref)
+    state = _unwrap(read_checkpoint(Path(pre.ref), device), pre.ref)
     ignore = tuple(getattr(model, "checkpoint_ignore", ()))
     state = {k: v for k, v in state.items() if not k.startswith(ignore) or not ignore}
     own = model.state_dict()

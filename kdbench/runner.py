@@ -142,13 +142,14 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
     if job.pair.pretrained is not None:  # loaded from elsewhere: never trained, never cached on disk
         from .pretrained import load_pretrained
 
-        loaded = ws.teachers.get(("pretrained", job.pair.pretrained))
+        pre = job.stand_in(spec)  # the one declared as this teacher's kind
+        loaded = ws.teachers.get(("pretrained", pre))
         if loaded is None:
             t0 = time.perf_counter()
-            model = place(load_pretrained(job.pair.pretrained, model_input(data), ws.device, ws.cache_dir),
+            model = place(load_pretrained(pre, model_input(data), ws.device, ws.cache_dir),
                           ws.device, job_gpu(job, ws.device))  # the layout of a trained teacher
             ws.add_time("teacher loading", time.perf_counter() - t0)
-            loaded = ws.teachers[("pretrained", job.pair.pretrained)] = (spec, model)
+            loaded = ws.teachers[("pretrained", pre)] = (spec, model)
         ws.teachers[key] = loaded
         return loaded[1]
     path = teacher_path(ws.cache_dir, key)
@@ -300,7 +301,9 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
         teacher_info["macs"] = count_macs(tm, data.shape)
         if job.pair.pretrained is not None:
             teacher_info["kind"] = "pretrained"
-            teacher_info["pretrained"] = dataclasses.asdict(job.pair.pretrained)
+            teacher_info["pretrained"] = dataclasses.asdict(job.stand_in(specs[0]))  # the teacher described here
+            if job.pair.ensemble:  # every pretrained teacher, in the order of the teachers
+                teacher_info["pretrained_all"] = [dataclasses.asdict(job.stand_in(s)) for s in specs]
     return {
         "schema": 1,
         "job_id": job.job_id,

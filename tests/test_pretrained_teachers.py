@@ -72,3 +72,120 @@ def test_a_pickled_object_is_still_refused_and_named(tmp_path):
     msg = str(e.value)
     assert msg.startswith("cannot load checkpoint") and "torch.nn.modules.linear.Linear" in msg
     assert "weights_only=True" in msg and "\n" not in msg
+
+
+# ---- what a pretrained teacher stands in for ------------------------------------------------------------------
+
+SUITE = """
+name = "pre"
+dataset = "digits"
+seeds = [1, 2]
+headline_eps = 0.1
+[[pairs]]
+teacher = {teacher}
+student = "cnn-small"
+[train]
+epochs = 1
+teacher_epochs = 1
+batch_size = 256
+[methods]
+{methods}
+[eval]
+attacks = ["fgsm"]
+eps = [0.1]
+transfer = false
+sweep_eps = []
+corruptions = []
+sanity = false
+"""
+
+
+def _table(name: str, kind: str) -> str:
+    return f'{{ checkpoint = "{name}.pt", arch = "cnn-large", kind = "{kind}" }}'
+
+
+def _suite(tmp_path, teacher: str, methods: str):
+    from kdbench.suite import load_suite
+
+    for name in ("a", "b"):
+        if not (tmp_path / f"{name}.pt").exists():
+            torch.manual_seed(ord(name))
+            torch.save(build_model("cnn-large", INP).state_dict(), tmp_path / f"{name}.pt")
+    (tmp_path / "pre.toml").write_text(SUITE.format(teacher=teacher, methods=methods))
+    return load_suite(str(tmp_path / "pre.toml"))
+
+
+@pytest.mark.parametrize("kind,methods", [
+    ("standard", 'kd = {}'),
+    ("adversarial", 'kd = { teacher = "adversarial" }'),
+    ("adversarial", 'ard = {}\nrslad = {}'),
+    ("standard", 'ce = {}\nhierarchical = {}'),
+])
+def test_one_pretrained_teacher_stands_in_for_one_teacher_of_its_declared_kind(tmp_path, kind, methods):
+    suite = _suite(tmp_path, _table("a", kind), methods)
+    for job in suite.jobs():
+        for spec in job.teacher_specs():
+            assert job.stand_in(spec) == suite.pairs[0].pretrained and job.stand_in(spec).kind == kind
+    assert sum(j.is_teacher for j in suite.jobs()) == 1  # one reference row for the loaded teacher
+
+
+@pytest.mark.parametrize("teacher,methods,message", [
+    (_table("a", "standard"), "ard = {}",
+     "methods.ard with pairs.0.: ard asks for 1 adversarial teacher, the pair declares 1 standard teacher"),
+    (_table("a", "adversarial"), "kd = {}", r"kd asks for 1 standard teacher, .*methods\.kd\.teacher"),
+    (_table("a", "standard"), "multi-teacher = {}", "multi-teacher asks for 2 standard teachers, the pair "
+                                                    "declares 1 standard teacher"),
+    (f'[{_table("a", "standard")}, {_table("b", "standard")}]', "multi-teacher = { members = 3 }",
+     "asks for 3 standard teachers, the pair declares 2"),
+    (f'[{_table("a", "standard")}, {_table("b", "standard")}]', "kd = {}", "kd asks for 1 standard teacher"),
+    (f'[{_table("a", "standard")}, {_table("b", "standard")}]', 'multi-teacher = { archs = ["cnn-large"] }',
+     "asks for a teacher of architecture 'cnn-large'"),
+    (_table("a", "defensive"), "defensive = {}", "defensive cannot use a pretrained teacher: its teacher is "
+                                                 "trained with softmax at the method's temperature T"),
+    (_table("a", "standard"), 'defensive = { teacher = "standard" }', "defensive cannot use a pretrained"),
+    (_table("a", "defensive"), 'kd = { teacher = "defensive" }', None),  # no kind parameters asked: it fits
+])
+def test_every_other_combination_is_an_error_at_suite_load(tmp_path, teacher, methods, message):
+    if message is None:
+        _suite(tmp_path, teacher, methods)
+        return
+    with pytest.raises(KdbenchError, match=message) as e:
+        _suite(tmp_path, teacher, methods)
+    assert "\n" not in str(e.value)
+
+
+def test_methods_picked_on_the_command_line_are_checked_too(tmp_path):
+    from conftest import run_cli
+
+    _suite(tmp_path, _table("a", "standard"), "kd = {}")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--suite", tmp_path / "pre.toml", "--methods", "kd,defensive", "--out", out, "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "defensive cannot use a pretrained teacher" in proc.stderr
+    assert not out.exists()
+
+
+def test_multi_teacher_distils_from_each_teacher_of_a_list(tmp_path):
+    from kdbench.records import load_records
+    from kdbench.runner import Progress, Workspace, get_teacher, run_suite
+    from kdbench.suite import with_overrides
+
+    suite = _suite(tmp_path, f'[{_table("a", "standard")}, {_table("b", "standard")}]', "multi-teacher = {}\nce = {}")
+    job = next(j for j in suite.jobs() if j.method == "multi-teacher")
+    ws = Workspace(torch.device("cpu"), tmp_path / "cache")
+    loaded = [get_teacher(spec, job, ws, Progress(1, quiet=True)) for spec in job.teacher_specs()]
+    x = torch.rand(16, *INP.shape)
+    for model, name in zip(loaded, ("a", "b")):
+        own = build_model("cnn-large", INP)
+        own.load_state_dict(torch.load(tmp_path / f"{name}.pt", weights_only=True))
+        torch.testing.assert_close(model(x), own.eval()(x))
+    assert not torch.allclose(loaded[0](x), loaded[1](x))  # two teachers, not one twice
+
+    res = run_suite(with_overrides(suite, seeds=[1]), tmp_path / "out", torch.device("cpu"),
+                    cache_dir=tmp_path / "cache", quiet=True)
+    assert not res.failed, res.failed
+    records = load_records(tmp_path / "out")[0]
+    assert sorted(r["method"] for r in records) == ["ce", "multi-teacher", "teacher:pretrained",
+                                                    "teacher:pretrained"]
+    mt = next(r for r in records if r["method"] == "multi-teacher")
+    assert [p["ref"] for p in mt["teacher"]["pretrained_all"]] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]

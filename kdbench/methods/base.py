@@ -59,6 +59,7 @@ class Distiller(nn.Module):
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     teacher_kind: ClassVar[str | None] = "standard"  # None: the method uses no teacher
+    pretrained_refused: ClassVar[str] = ""  # why a pretrained teacher cannot stand in for its teacher ("": it can)
     uses_teacher_logits: ClassVar[bool] = True
 
     def __init__(self, student: nn.Module, teachers: list[nn.Module], params: dict[str, Any], ctx: TrainContext):

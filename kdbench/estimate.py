@@ -4,7 +4,7 @@ Nothing is trained and no data is read. The estimate has two measured ingredient
 
 1. per architecture, the time of one training forward+backward and of one no-grad forward on a batch of
    random inputs of the suite's data shape, on the current device (at the suite's batch size on a GPU; on a
-   CPU at a small batch, scaled linearly to the batch size);
+   CPU at a small batch, scaled linearly to the batch size), the fastest of a few repeats;
 2. per job kind (teacher kind or distillation method), how many forward passes of the student and of the
    teacher one training step makes (forward hooks on a step of stand-in models: PGD steps count, cached
    teacher logits do not).
@@ -37,7 +37,8 @@ from .models import ModelInput, build_model, count_params
 from .suite import Job, Suite
 from .teachers import TEACHER_KINDS
 
-MEASURE_REPEATS = 2
+MEASURE_REPEATS = 7
+MEASURE_BUDGET_S = 2.0
 CPU_MEASURE_BATCH = 8
 CPU_BUDGET_S = 1.0  # on a CPU, measure at the real batch size when one step of it takes less than this
 
@@ -129,13 +130,17 @@ def measure_arch(arch: str, ds: DataShape, batch: int, device, eval_batch: int |
 
 
 def _per_example(fn, batch: int, device) -> float:
+    """Seconds per example of `fn` on `batch` examples: the fastest of up to MEASURE_REPEATS timed calls (within
+    MEASURE_BUDGET_S), so that other processes of a busy machine taking the core now and then do not count."""
     fn()  # warm-up (allocations, cudnn autotuning)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(MEASURE_REPEATS):
+    times = []
+    while len(times) < MEASURE_REPEATS and (len(times) < 2 or sum(times) < MEASURE_BUDGET_S):
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / MEASURE_REPEATS / batch
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times) / batch
 
 
 class _PassCounter:

@@ -61,7 +61,7 @@ def _add_executor_args(p) -> None:
     p.add_argument("--workers", type=_workers, metavar="N|auto",
                    help="with --executor local: jobs run at once, each in its own process; 1 runs them one "
                         "after another in this process (default auto: on the CPU, the usable cores divided by "
-                        "--cpus-per-job; on CUDA, 1)")
+                        "--cpus-per-job, fewer if the memory would not hold that many workers; on CUDA, 1)")
     p.add_argument("--address", help="with --executor ray: the cluster to use, HOST:PORT of its head or 'auto' "
                                       "(default: start a Ray instance on this machine)")
     p.add_argument("--cpus-per-job", type=_number(int, 1), metavar="N",
@@ -99,7 +99,16 @@ def _executor(args, suite):
         device = pick_device(args.device)
         threads = args.cpus_per_job or suite.executor.cpus_per_job  # checked when the suite was loaded
         workers = local_workers(args.workers, device, threads)
-        return lambda out, **kw: run_suite(suite, out, device, workers=workers, threads=threads, **kw)
+
+        def run(out, **kw):
+            n, why = workers, ""
+            if args.workers in (None, "auto") and device.type == "cpu":  # as many as the memory holds, too
+                from .resources import memory_capped_workers
+
+                n, why = memory_capped_workers(workers, suite)
+            return run_suite(suite, out, device, workers=n, threads=threads, workers_note=why, **kw)
+
+        return run
     if args.workers is not None:
         raise KdbenchError("--workers only applies to --executor local (Ray runs as many jobs as the cluster has "
                            "room for: see --cpus-per-job)")

@@ -4,15 +4,19 @@ Nothing is trained and no data is read. The estimate has two measured ingredient
 
 1. per architecture, the time of one training forward+backward and of one no-grad forward on a batch of
    random inputs of the suite's data shape, on the current device (at the suite's batch size on a GPU; on a
-   CPU at a small batch, scaled linearly to the batch size);
+   CPU at a small batch, scaled linearly to the batch size), the fastest of a few repeats;
 2. per job kind (teacher kind or distillation method), how many forward passes of the student and of the
    teacher one training step makes (forward hooks on a step of stand-in models: PGD steps count, cached
    teacher logits do not).
 
 Training time = epochs x steps per epoch x the step's passes x the measured pass times (plus one teacher pass
-over the data when its logits are cached). Evaluation time counts the gradient steps of every attack at every
-eps (sweep and sanity checks included, as if every test example survived: an upper bound) and the
-corruption passes. The numbers hold for the device the dry run ran on; they are an estimate, not a
+over the data when its logits are cached). Evaluation time counts the gradient steps of the attacks (sweep and
+sanity checks included) and the corruption passes, timed as the evaluation runs them (at its batch size, on a
+copy with batch norms folded, no weight gradients). Each attack runs only on the examples it has not broken
+at a smaller eps, which depends on the model: the steps counted are the geometric mean of two bounds, every
+example attacked at every eps and every example broken at the smallest eps, so within sqrt(upper / lower) of
+what a model that classifies its test examples correctly costs (at most sqrt(3) = 1.7x for the default suite's
+3 eps; exact with one eps). The numbers hold for the device the dry run ran on; they are an estimate, not a
 measurement of the suite.
 """
 
@@ -26,13 +30,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .fold import fold_batch_norm
 from .gpu import place
 from .methods import METHODS, Batch, TrainContext
 from .models import ModelInput, build_model, count_params
 from .suite import Job, Suite
 from .teachers import TEACHER_KINDS
 
-MEASURE_REPEATS = 2
+MEASURE_REPEATS = 7
+MEASURE_BUDGET_S = 2.0
 CPU_MEASURE_BATCH = 8
 CPU_BUDGET_S = 1.0  # on a CPU, measure at the real batch size when one step of it takes less than this
 
@@ -75,8 +81,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure_arch(arch: str, ds: DataShape, batch: int, device) -> dict:
-    """Seconds per example of a training forward+backward and of a no-grad forward."""
+def measure_arch(arch: str, ds: DataShape, batch: int, device, eval_batch: int | None = None) -> dict:
+    """Seconds per example of a training forward+backward ("fb") and of a no-grad forward ("f"); and, as the
+    evaluation runs them (`eval_batch` examples at once, on a copy with batch norms folded, no weight
+    gradients), of an attack step ("afb": forward+backward to the input) and of a forward ("af")."""
     inp = ModelInput(ds.shape, ds.num_classes, (0.5,) * ds.shape[0], (0.25,) * ds.shape[0])
     model = place(build_model(arch, inp), device, None)  # the CPU layout of a real run (gpu.place)
 
@@ -103,17 +111,36 @@ def measure_arch(arch: str, ds: DataShape, batch: int, device) -> dict:
         model.eval()
         model(x)
 
-    out = {}
-    for name, fn in (("fb", fb), ("f", fwd)):
-        fn()  # warm-up (allocations, cudnn autotuning)
+    out = {name: _per_example(fn, b, device) for name, fn in (("fb", fb), ("f", fwd))}
+    out["params"] = count_params(model)
+    folded = fold_batch_norm(model.eval()).requires_grad_(False)
+    eb = b if b < batch else min(eval_batch or batch, ds.n_test)  # at the evaluation's batch unless scaled down
+    xe, ye = data(eb)
+
+    def attack_step():
+        xg = xe.clone().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(folded(xg), ye), xg)
+
+    @torch.no_grad()
+    def attack_fwd():
+        folded(xe)
+
+    out["afb"], out["af"] = _per_example(attack_step, eb, device), _per_example(attack_fwd, eb, device)
+    return out
+
+
+def _per_example(fn, batch: int, device) -> float:
+    """Seconds per example of `fn` on `batch` examples: the fastest of up to MEASURE_REPEATS timed calls (within
+    MEASURE_BUDGET_S), so that other processes of a busy machine taking the core now and then do not count."""
+    fn()  # warm-up (allocations, cudnn autotuning)
+    times = []
+    while len(times) < MEASURE_REPEATS and (len(times) < 2 or sum(times) < MEASURE_BUDGET_S):
         _sync(device)
         t0 = time.perf_counter()
-        for _ in range(MEASURE_REPEATS):
-            fn()
+        fn()
         _sync(device)
-        out[name] = (time.perf_counter() - t0) / MEASURE_REPEATS / b
-    out["params"] = count_params(model)
-    return out
+        times.append(time.perf_counter() - t0)
+    return min(times) / batch
 
 
 class _PassCounter:
@@ -175,12 +202,14 @@ def count_passes(job: Job, ds: DataShape) -> dict:
             "teacher_logits": len(teachers) if cls.uses_teacher_logits else 0}
 
 
-def eval_grad_steps(ev) -> int:
-    """Gradient steps per test example of the evaluation (every example attacked: an upper bound)."""
+def eval_grad_steps(ev, broken_at_first: bool = False) -> int:
+    """Gradient steps per test example of the evaluation: every example attacked at every eps (an upper bound),
+    or (`broken_at_first`) every example broken at the smallest eps, so that no attack runs at a larger one
+    (a lower bound for a model that classifies its test examples correctly)."""
     per_attack = {"fgsm": 1, "pgd": ev.pgd_steps, "apgd-ce": ev.apgd_steps, "apgd-dlr": ev.apgd_steps,
                   "square": ev.square_queries // 2, "autoattack": 4 * ev.apgd_steps + ev.square_queries // 2}
-    steps = len(ev.eps) * sum(per_attack.get(a, ev.pgd_steps) for a in ev.attacks)
-    extra = [e for e in ev.sweep_eps if e not in ev.eps]
+    steps = (1 if broken_at_first else len(ev.eps)) * sum(per_attack.get(a, ev.pgd_steps) for a in ev.attacks)
+    extra = [e for e in ev.sweep_eps if e not in ev.eps and not (broken_at_first and e > min(ev.eps))]
     steps += len(extra) * (ev.pgd_steps + ev.apgd_steps)
     if ev.sanity:
         steps += 3 * 2 * ev.pgd_steps + 1
@@ -205,7 +234,7 @@ def estimate(suite: Suite, device, progress=print) -> dict:
     try:
         for arch in archs:
             progress(f"  measuring {arch} on {device} ...")
-            costs[arch] = measure_arch(arch, ds, t.batch_size, device)
+            costs[arch] = measure_arch(arch, ds, t.batch_size, device, suite.eval.batch_size)
     finally:
         torch.set_num_threads(threads)
     augmented = bool(suite.data.augment)
@@ -216,7 +245,7 @@ def estimate(suite: Suite, device, progress=print) -> dict:
     for job in jobs:
         passes = count_passes(job, ds)
         teacher_arch = job.pair.pretrained.arch if job.pair.pretrained is not None else job.pair.teacher
-        t_cost = costs.get(teacher_arch or "", {"f": 0.0, "fb": 0.0})
+        t_cost = costs.get(teacher_arch or "", {"f": 0.0, "fb": 0.0, "af": 0.0, "afb": 0.0})
         if job.is_teacher:
             trained = job.pair.pretrained is None
             epochs = t.teacher_epochs if trained else 0
@@ -234,11 +263,14 @@ def estimate(suite: Suite, device, progress=print) -> dict:
             train_s = epochs * examples * per_example
             model_cost = s_cost
         ev = job.eval
-        eval_s = ds.n_test * (eval_grad_steps(ev) * model_cost["fb"]
-                              + (2 + len(ev.corruptions) * len(ev.severities)) * model_cost["f"])
+        # attacks run only on the examples not broken yet: the geometric mean of the bounds, within
+        # sqrt(upper / lower) of the truth for a model that classifies its test examples correctly
+        steps = math.sqrt(eval_grad_steps(ev) * eval_grad_steps(ev, broken_at_first=True))
+        eval_s = ds.n_test * (steps * model_cost["afb"]
+                              + (2 + len(ev.corruptions) * len(ev.severities)) * model_cost["af"])
         if not job.is_teacher and ev.transfer and job.teacher_specs():
             # crafted once per (teacher, seed) and shared by the jobs of that teacher and seed
-            eval_s += ds.n_test * len(ev.eps) * ev.pgd_steps * t_cost["fb"] / sharing[_transfer_key(job)]
+            eval_s += ds.n_test * len(ev.eps) * ev.pgd_steps * t_cost["afb"] / sharing[_transfer_key(job)]
         rows.append({"job": job, "epochs": epochs, "train_s": train_s, "eval_s": eval_s})
     return {"data": ds, "rows": rows, "costs": costs, "steps_per_epoch": steps_per_epoch,
             "train_s": sum(r["train_s"] for r in rows), "eval_s": sum(r["eval_s"] for r in rows)}
@@ -277,9 +309,10 @@ def format_estimate(suite: Suite, est: dict, device, done: set[str] = frozenset(
                      f"  (one plain epoch ~ {_hours(epoch)})")
     unit = "GPU" if device.type == "cuda" else "CPU"
     summary = (f"ESTIMATE for this device ({device}, {kind}), extrapolated from measured per-example times: "
-               f"{total / 3600:.1f} {unit} hours for the {len(todo)} jobs still to run (training "
-               f"{sum(r['train_s'] for r in todo) / 3600:.1f} h, evaluation {sum(r['eval_s'] for r in todo) / 3600:.1f}"
-               f" h, an upper bound); {everything / 3600:.1f} h for all {len(est['rows'])} jobs. Another device will "
-               f"differ; nothing was run.")
+               f"{total / 3600:.2f} {unit} hours for the {len(todo)} jobs still to run (training "
+               f"{_hours(sum(r['train_s'] for r in todo))}, evaluation {_hours(sum(r['eval_s'] for r in todo))}); "
+               f"{everything / 3600:.2f} h for all {len(est['rows'])} jobs, summed over the jobs (each on "
+               f"cpus_per_job threads; parallel workers divide the wall time). Another device will differ; nothing "
+               f"was run.")
     lines += ["", summary]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from .attacks import ATTACKS, build_attack, run_attack
 from .corruptions import corrupt
 from .fold import fold_batch_norm
 from .sanity import ZERO_GRAD_NORM, compute_flags
+from .transfer import craft_transfer
 from .train import predict_logits
 
 NOISE_DRAWS = 10  # random sign-noise draws of L-inf size eps per example
@@ -117,8 +118,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         if source is not None and ev.transfer:
             if e not in transfer_cache:
                 source = fold_batch_norm(source)  # a no-op once folded
-                atk = build_attack("pgd", source, eps, ev, _seed(seed, "transfer", e), num_classes)
-                transfer_cache[e] = timed("transfer", lambda: run_attack(atk, x, y, bs, _seed(seed, "transfer", e)))
+                transfer_cache[e] = timed("transfer", lambda: craft_transfer(source, x, y, eps, ev, seed, num_classes))
             ok = correct(model, transfer_cache[e], y, bs)
             metrics[f"transfer@{e}"] = ok.float().mean().item()
             run.append(ok)

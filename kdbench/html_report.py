@@ -1,9 +1,10 @@
 """leaderboard.html: the leaderboard tables, self-contained (inline CSS and JS, plots embedded as base64 PNG),
 with sortable columns. Opens from disk in any browser; needs no network.
 
-Opening it with `#selftest=<column>` in the URL makes it click that column's header twice and write the
-resulting row orders (label=sort value) and any script errors into the page (used by the headless-browser
-test).
+Opening it with `#selftest=<column>` in the URL makes it, once the page and its images have loaded, click that
+column's header twice and write into the page the resulting row orders (label=sort value), each table's row
+and column counts and rendered height, whether each embedded plot decoded (its size, rendered width and share of pixels drawn), and any
+script errors (used by the headless-browser test).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ document.addEventListener('DOMContentLoaded', function () {
   document.querySelectorAll('th').forEach(function (th) {
     th.addEventListener('click', function () { sortTable(th); });
   });
+});
+window.addEventListener('load', function () {  // after the images: the self-test reports whether they loaded
   if (location.hash.indexOf('#selftest') === 0) {
     var wanted = decodeURIComponent(location.hash.slice('#selftest'.length + 1));
     var th = Array.prototype.filter.call(document.querySelectorAll('th[data-sortable]'),
@@ -66,8 +69,24 @@ document.addEventListener('DOMContentLoaded', function () {
     var before = order(); th.click(); var first = order(); th.click(); var second = order();
     var out = document.createElement('pre');
     out.id = 'selftest';
+    var tables = Array.prototype.map.call(document.querySelectorAll('table'), function (t) {
+      return {rows: t.tBodies[0].rows.length, columns: t.tHead.rows[0].cells.length,
+              height: t.getBoundingClientRect().height}; });
+    var opaque = function (img) {  // the share of the image's pixels drawn (a truncated PNG leaves them empty)
+      var c = document.createElement('canvas'), n = 0;
+      c.width = img.naturalWidth; c.height = img.naturalHeight;
+      var ctx = c.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      var px = ctx.getImageData(0, 0, c.width, c.height).data;
+      for (var i = 3; i < px.length; i += 4) { if (px[i] > 0) n++; }
+      return n / (px.length / 4);
+    };
+    var images = Array.prototype.map.call(document.images, function (img) {
+      var ok = img.complete && img.naturalWidth > 0;
+      return {alt: img.alt, loaded: ok, width: img.naturalWidth, shown: img.getBoundingClientRect().width,
+              drawn: ok ? opaque(img) : 0}; });
     out.textContent = JSON.stringify({column: th.textContent, before: before, first: first, second: second,
-                                      errors: window.kdbenchErrors});
+                                      tables: tables, images: images, errors: window.kdbenchErrors});
     document.body.appendChild(out);
   }
 });

@@ -8,8 +8,11 @@ Only who runs a job changes, never what it computes: a worker runs `runner.run_j
 - Teachers come first: each teacher the remaining jobs need and the cache lacks is trained once, by one worker,
   and its state dict comes back to the driver, which caches it. A job is handed to the pool once all its
   teachers are cached; the worker reads them from the cache (pretrained teachers it loads itself).
-- Each worker keeps the data and the teachers of its earlier jobs in memory, and the transfer examples crafted
-  on a teacher (`runner.trim_transfer` bounds them).
+- Transfer examples (transfer.py) come next: each set the remaining students share (one per teacher, seed and
+  evaluation) and the cache lacks is crafted once, by one worker, as soon as its teacher is cached; the driver
+  writes it into the cache folder, and the students' jobs start once it is there and read it.
+- Each worker keeps the data and the teachers of its earlier jobs in memory, and the transfer examples it
+  crafted or read (`runner.trim_transfer` bounds them).
 - Workers are forked from the driver where that is safe (`start_method`), so they start at once with all it
   has imported; elsewhere they are spawned, and spend ~3.5 s importing torch, torch._dynamo (which every torch
   optimizer loads) and torchattacks. Entries a script or a test registered at run time (a method of its own,
@@ -92,6 +95,26 @@ def _teacher_task(spec, job):
     return state_dict_bytes(model), time.perf_counter() - t0
 
 
+def _transfer_task(job):
+    """Craft the transfer examples that `job` shares with the other students of its teacher and seed (the teacher
+    is cached, or pretrained); returns (their bytes, seconds). This worker keeps them for its next jobs."""
+    import torch
+
+    from .gpu import configure_backend
+    from .runner import Progress, get_teacher, job_gpu
+    from .transfer import craft_all, examples_bytes, transfer_key
+
+    ws = _WORKER["ws"]
+    configure_backend(job_gpu(job, ws.device))
+    data = ws.get_data(job.data)
+    teacher = get_teacher(job.teacher_specs()[0], job, ws, Progress(1, quiet=True))
+    t0 = time.perf_counter()
+    examples = craft_all(teacher, data, job.eval, job.seed)
+    seconds = time.perf_counter() - t0
+    ws.transfer[transfer_key(job, torch.get_num_threads())] = examples
+    return examples_bytes(examples), seconds
+
+
 def _job_task(job):
     """Run one job; returns (record, where its time went)."""
     from .gpu import configure_backend
@@ -110,11 +133,15 @@ def _job_task(job):
 
 @dataclass
 class _Teacher:
+    """What jobs wait for: a teacher to train, or transfer examples to craft (after the teachers `after`)."""
+
     label: str
     cfg: dict
     ready: bool = False
     error: BaseException | None = None
     details: str | None = None
+    after: tuple = ()  # keys of the teachers this must wait for
+    job: object = None  # transfer examples: a job they are crafted for, until submitted
 
 
 @dataclass
@@ -147,8 +174,10 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
              fail_fast: bool, data_dir, download: bool, corruptions_from) -> PoolOutcome:
     """Run the jobs `todo` on `workers` processes (see the module docstring); records go to `out`."""
     from .registry import portable_entries
+    from .records import atomic_write_bytes
     from .runner import fail_job, record_result, save_teacher, teacher_config, teacher_path
     from .teachers import teacher_key
+    from .transfer import needs_transfer, transfer_key, transfer_path
 
     result = PoolOutcome()
     teachers: dict[str, _Teacher] = {}
@@ -202,6 +231,14 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
                     t.ready = True
                 else:
                     to_train.append((spec, job, key))
+            if needs_transfer(job):  # crafted once, by one worker, for every student of this teacher and seed
+                key = "transfer:" + transfer_key(job, threads)
+                if key not in teachers:
+                    spec = job.teacher_specs()[0]
+                    ready = transfer_path(cache_dir, key[len("transfer:"):]).is_file()
+                    teachers[key] = _Teacher(f"transfer examples of {spec.arch} ({spec.kind}) seed {job.seed}", {},
+                                             ready, after=tuple(keys[:1]), job=None if ready else job)
+                keys = [*keys, key]
             waiting.append((job, keys))
         # the costliest teachers first: the jobs waiting for them are the costliest too (adversarial teachers
         # and ARD/RSLAD students), so they start early and cheaper jobs fill the end, where a worker would idle
@@ -210,10 +247,20 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
         for spec, job, key in to_train:
             futures[submit(_teacher_task, spec, job)] = ("teacher", key)
         n_train = len(to_train)
+        n_craft = sum(1 for t in teachers.values() if t.job is not None)
         progress.say(f"    {workers} worker processes ({ctx.get_start_method()}ed), {threads} thread(s) each; "
-                     f"{n_train} teacher(s) to train first")
+                     f"{n_train} teacher(s) to train first, {n_craft} set(s) of transfer examples to craft")
 
         def hand_out() -> None:
+            for key, t in teachers.items():  # transfer examples, once their teacher is cached
+                if t.job is None or stop:
+                    continue
+                bad = next((teachers[k] for k in t.after if teachers[k].error is not None), None)
+                if bad is not None:
+                    t.error, t.details, t.job = bad.error, bad.details, None
+                elif all(teachers[k].ready for k in t.after):
+                    futures[submit(_transfer_task, t.job)] = ("transfer", key)
+                    t.job = None
             for item in list(waiting):
                 job, keys = item
                 if stop:
@@ -232,19 +279,25 @@ def run_pool(todo: list, out: Path, device, workers: int, threads: int, cache_di
             done, _ = wait(list(futures), timeout=5.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 kind, what = futures.pop(fut)
-                if kind == "teacher":
+                if kind in ("teacher", "transfer"):
                     t = teachers[what]
                     try:
                         blob, seconds = fut.result()
                     except Exception as e:  # noqa: BLE001 - every job of this teacher fails with it
                         t.error, t.details = e, _remote_details(e)
-                        progress.say(f"    teacher {t.label} FAILED: {type(e).__name__}: {e}")
+                        progress.say(f"    {'teacher ' if kind == 'teacher' else ''}{t.label} FAILED: "
+                                     f"{type(e).__name__}: {e}")
                         continue
-                    save_teacher(cache_dir, what, t.cfg, blob)
-                    result.profile["teacher training"] = result.profile.get("teacher training", 0.0) + seconds
+                    if kind == "teacher":
+                        save_teacher(cache_dir, what, t.cfg, blob)
+                    else:
+                        atomic_write_bytes(transfer_path(cache_dir, what[len("transfer:"):]), blob)
+                    spent = "teacher training" if kind == "teacher" else "eval: transfer"
+                    result.profile[spent] = result.profile.get(spent, 0.0) + seconds
                     t.ready = True
                     teachers_trained += 1
-                    progress.say(f"    teacher {t.label} trained ({seconds:.1f}s), cached")
+                    progress.say(f"    {'teacher ' if kind == 'teacher' else ''}{t.label} "
+                                 f"{'trained' if kind == 'teacher' else 'crafted'} ({seconds:.1f}s), cached")
                 else:
                     try:
                         record, profile = fut.result()

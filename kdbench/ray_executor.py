@@ -376,8 +376,9 @@ class _GridRun:
             from .pretrained import load_pretrained
 
             try:
-                model = load_pretrained(job.pair.pretrained, self.inputs[job.data], "cpu", self.cache_dir)
-                t.payload, t.ready = self.ray.put(("module", job.pair.pretrained.display_name(), model)), True
+                pre = job.stand_in(spec)
+                model = load_pretrained(pre, self.inputs[job.data], "cpu", self.cache_dir)
+                t.payload, t.ready = self.ray.put(("module", pre.display_name(), model)), True
             except Exception as e:  # noqa: BLE001 - every job of this teacher fails with it, as locally
                 t.error = e
             return key

@@ -28,6 +28,7 @@ from .records import atomic_write_bytes, atomic_write_text, environment, load_re
 from .suite import Job, Suite
 from .teachers import TEACHER_KINDS, teacher_key
 from .train import fit, predict_logits, seed_everything
+from .transfer import shared_examples
 
 
 def default_cache_dir() -> Path:
@@ -73,7 +74,7 @@ class Workspace:
     data: dict = field(default_factory=dict)
     teachers: dict = field(default_factory=dict)
     teacher_errors: dict = field(default_factory=dict)
-    transfer: dict = field(default_factory=dict)  # (teacher key, seed, eval config) -> {eps: x_adv}
+    transfer: dict = field(default_factory=dict)  # transfer.transfer_key -> {eps: x_adv}
     profile: dict = field(default_factory=dict)
     data_dir: Path | None = None  # --data-dir: where torchvision datasets live (else the suite's / default)
     download: bool = False  # --download
@@ -94,7 +95,7 @@ TRANSFER_BUDGET = 256 * 2**20  # bytes of transfer examples a worker process kee
 
 
 def trim_transfer(cache: dict, budget: int = TRANSFER_BUDGET) -> dict:
-    """Drop the oldest entries of a transfer cache ((teacher, seed, eval) -> {eps: examples}) until it holds at
+    """Drop the oldest entries of a transfer cache (transfer key -> {eps: examples}) until it holds at
     most `budget` bytes; they depend only on their key, so a later job may craft them again."""
     size = {k: sum(t.numel() * t.element_size() for t in v.values()) for k, v in cache.items()}
     while cache and sum(size.values()) > budget:
@@ -143,13 +144,14 @@ def get_teacher(spec: TeacherSpec, job: Job, ws: Workspace, progress: Progress) 
     if job.pair.pretrained is not None:  # loaded from elsewhere: never trained, never cached on disk
         from .pretrained import load_pretrained
 
-        loaded = ws.teachers.get(("pretrained", job.pair.pretrained))
+        pre = job.stand_in(spec)  # the one declared as this teacher's kind
+        loaded = ws.teachers.get(("pretrained", pre))
         if loaded is None:
             t0 = time.perf_counter()
-            model = place(load_pretrained(job.pair.pretrained, model_input(data), ws.device, ws.cache_dir),
+            model = place(load_pretrained(pre, model_input(data), ws.device, ws.cache_dir),
                           ws.device, job_gpu(job, ws.device))  # the layout of a trained teacher
             ws.add_time("teacher loading", time.perf_counter() - t0)
-            loaded = ws.teachers[("pretrained", job.pair.pretrained)] = (spec, model)
+            loaded = ws.teachers[("pretrained", pre)] = (spec, model)
         ws.teachers[key] = loaded
         return loaded[1]
     path = teacher_path(ws.cache_dir, key)
@@ -316,10 +318,7 @@ def evaluate_job_model(job: Job, ws: Workspace, model, source, specs, data, per_
     seed_everything(job.seed)
     timings: dict = {}
     t1 = time.perf_counter()
-    transfer_cache = None
-    if source is not None:
-        key = (teacher_key(teacher_config(specs[0], job, torch.get_num_threads())), job.seed, repr(job.eval))
-        transfer_cache = ws.transfer.setdefault(key, {})
+    transfer_cache = shared_examples(ws, job) if source is not None and job.eval.transfer else None
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
                                         transfer_cache=transfer_cache, per_example=per_example)
@@ -347,7 +346,9 @@ def teacher_summary(job: Job, specs: list, teachers: list, data) -> dict | None:
     info["macs"] = count_macs(tm, data.shape)
     if job.pair.pretrained is not None:
         info["kind"] = "pretrained"
-        info["pretrained"] = dataclasses.asdict(job.pair.pretrained)
+        info["pretrained"] = dataclasses.asdict(job.stand_in(specs[0]))  # the teacher described here
+        if job.pair.ensemble:  # every pretrained teacher, in the order of the teachers
+            info["pretrained_all"] = [dataclasses.asdict(job.stand_in(s)) for s in specs]
     return info
 
 
@@ -415,12 +416,14 @@ def record_result(out: Path, record: dict) -> None:
 
 def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | None = None, quiet: bool = False,
               stream=None, fail_fast: bool = False, data_dir: Path | None = None, download: bool = False,
-              corruptions_from: Path | None = None, workers: int = 1, threads: int | None = None) -> RunResult:
+              corruptions_from: Path | None = None, workers: int = 1, threads: int | None = None,
+              workers_note: str = "") -> RunResult:
     """Run every job of `suite` whose record is not in `out` yet. A job that raises (a diverging loss, a bad
     checkpoint, ...) is recorded under failures/ and the rest of the suite goes on (or stops, `fail_fast`).
 
     `workers` > 1 runs the jobs on that many worker processes (pool_executor.py), else one at a time in this
-    process. `threads`: torch threads per job (None: as torch is set now); the numbers depend on it."""
+    process. `threads`: torch threads per job (None: as torch is set now); the numbers depend on it.
+    `workers_note`: why that many workers (shown in the progress line)."""
     from .cifar_c import with_cifar_c
     from .safety import check_writable, results_lock
 
@@ -439,7 +442,7 @@ def run_suite(suite: Suite, out: Path, device: torch.device, cache_dir: Path | N
         todo = [j for j in jobs if j.job_id not in done]
         progress = Progress(len(jobs), quiet, stream)
         workers = max(1, min(workers, len(todo)))
-        how = f"{workers} workers" if workers > 1 else "1 worker"
+        how = (f"{workers} workers" if workers > 1 else "1 worker") + (f" ({workers_note})" if workers_note else "")
         progress.say(f"suite {suite.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, device {device}, "
                      f"{how}")
         if workers > 1:

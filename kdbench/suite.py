@@ -27,7 +27,7 @@ from .gpu import GpuConfig, check_gpu
 from .methods import METHODS, TeacherSpec
 from .models import MODELS
 from .optim import OPTIMIZERS, SCHEDULES
-from .pretrained import PretrainedTeacher, parse_teacher_table
+from .pretrained import PretrainedTeacher, parse_teacher_table, stand_ins
 from .teachers import TEACHER_KINDS
 
 REPO_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -99,30 +99,54 @@ class Pair:
     teacher: str
     student: str
     pretrained: PretrainedTeacher | None = None  # a teacher loaded, not trained (see pretrained.py)
+    ensemble: tuple[PretrainedTeacher, ...] = ()  # the further pretrained teachers of a list (multi-teacher)
+
+    def pretrained_teachers(self) -> tuple[PretrainedTeacher, ...]:
+        return () if self.pretrained is None else (self.pretrained, *self.ensemble)
 
 
 def pair_config(pair: Pair) -> dict:
-    """The pair as it enters job ids (without `pretrained` when there is none, so older ids are unchanged)."""
+    """The pair as it enters job ids (without `pretrained` and `ensemble` when there are none, so older ids are
+    unchanged)."""
     d = dataclasses.asdict(pair)
     if d["pretrained"] is None:
         del d["pretrained"]
+    if not d["ensemble"]:
+        del d["ensemble"]
     return d
 
 
 def parse_pair(table: Any, where: str, base_dir: Path, dataset: str) -> Pair:
-    """`{teacher = "arch", student = "arch"}`, or a teacher table `{checkpoint = ..., arch = ...}` /
-    `{robustbench = ...}` for a teacher from elsewhere."""
-    if isinstance(table, dict) and "pretrained" in table:
-        raise unknown_key_error(where, "pretrained", {"teacher", "student"})
-    if isinstance(table, dict) and isinstance(table.get("teacher"), dict):
-        pre = parse_teacher_table(table["teacher"], f"{where}.teacher", base_dir, dataset)
-        pair = from_table(Pair, {**table, "teacher": pre.display_name()}, where)
+    """`{teacher = "arch", student = "arch"}`, or a teacher table `{checkpoint = ..., arch = ..., kind = ...}` /
+    `{robustbench = ..., kind = ...}` for a teacher from elsewhere, or a list of such tables (several teachers)."""
+    if isinstance(table, dict):
+        for key in table:
+            if key not in ("teacher", "student"):
+                raise unknown_key_error(where, key, {"teacher", "student"})
+    teacher = table.get("teacher") if isinstance(table, dict) else None
+    if isinstance(teacher, list) and teacher and all(isinstance(t, dict) for t in teacher):
+        pres = [parse_teacher_table(t, f"{where}.teacher[{i}]", base_dir, dataset) for i, t in enumerate(teacher)]
+    elif isinstance(teacher, dict):
+        pres = [parse_teacher_table(teacher, f"{where}.teacher", base_dir, dataset)]
+    else:
+        pair = from_table(Pair, table, where)
+        MODELS.check(pair.teacher)
         MODELS.check(pair.student)
-        return dataclasses.replace(pair, pretrained=pre)
-    pair = from_table(Pair, table, where)
-    MODELS.check(pair.teacher)
+        return pair
+    name = "+".join(p.display_name() for p in pres)
+    pair = from_table(Pair, {**table, "teacher": name}, where)
     MODELS.check(pair.student)
-    return pair
+    return dataclasses.replace(pair, pretrained=pres[0], ensemble=tuple(pres[1:]))
+
+
+def check_pretrained(suite: Suite) -> None:
+    """Every method can use the pretrained teachers of every pair as declared (`pretrained.stand_ins`), else one
+    error naming the method and the pair."""
+    for i, pair in enumerate(suite.pairs):
+        for m in suite.methods:
+            if pair.pretrained is not None:
+                specs = METHODS.get(m.name).teacher_specs(dict(m.params), pair.teacher, m.teacher_kind, 1)
+                stand_ins(m.name, specs, pair.teacher, pair.pretrained_teachers(), f"methods.{m.name} with pairs[{i}]")
 
 
 @dataclass(frozen=True)
@@ -160,13 +184,14 @@ class Suite:
                     job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
                               self.headline_eps, gpu, self.save.students)
                     students.append(job)
-                    for spec in job.teacher_specs():
-                        if spec.seed not in self.seeds:  # e.g. extra ensemble members: trained, not reported
-                            continue
-                        if pair.pretrained is not None:  # loaded, not trained: one reference job for all
-                            spec = TeacherSpec(spec.arch, "pretrained", self.seeds[0])
-                        ref = Job(self.name, self.data, Pair(spec.arch, spec.arch, pair.pretrained), "teacher",
-                                  spec.params, spec.kind, spec.seed, self.train, self.eval, self.headline_eps, gpu)
+                    if pair.pretrained is not None:  # loaded, not trained: one reference job each, for all
+                        refs = [(TeacherSpec(p.display_name(), "pretrained", self.seeds[0]), p)
+                                for p in pair.pretrained_teachers()] if job.teacher_specs() else []
+                    else:  # extra ensemble members (seeds not in the suite) are trained, not reported
+                        refs = [(spec, None) for spec in job.teacher_specs() if spec.seed in self.seeds]
+                    for spec, pre in refs:
+                        ref = Job(self.name, self.data, Pair(spec.arch, spec.arch, pre), "teacher", spec.params,
+                                  spec.kind, spec.seed, self.train, self.eval, self.headline_eps, gpu)
                         teachers.setdefault(ref.job_id, ref)
         return list(teachers.values()) + students
 
@@ -204,6 +229,14 @@ class Job:
             return [TeacherSpec(self.pair.teacher, self.teacher_kind, self.seed, self.params)]
         cls = METHODS.get(self.method)
         return cls.teacher_specs(dict(self.params), self.pair.teacher, self.teacher_kind, self.seed)
+
+    def stand_in(self, spec: TeacherSpec) -> PretrainedTeacher:
+        """The pretrained teacher loaded for the teacher `spec` of this job (its pair has pretrained teachers)."""
+        if self.is_teacher:
+            return self.pair.pretrained
+        specs = self.teacher_specs()
+        found = stand_ins(self.method, specs, self.pair.teacher, self.pair.pretrained_teachers(), self.label())
+        return dict(zip(specs, found))[spec]
 
     def config(self) -> dict:
         """Everything that determines the job's numbers (not the suite name): the hash input."""
@@ -375,8 +408,10 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
     gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
     save = from_table(SaveConfig, doc.get("save"), "save")  # a non-boolean `students` is a one-line error
-    return Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check, executor,
-                 gpu, save)
+    suite = Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check,
+                  executor, gpu, save)
+    check_pretrained(suite)
+    return suite
 
 
 def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorConfig:
@@ -431,15 +466,19 @@ def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[i
             if s < 1:
                 raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
         suite = dataclasses.replace(suite, seeds=tuple(dict.fromkeys(seeds)))
+    check_pretrained(suite)
     return suite
 
 
 def _pair_from_config(d: dict) -> Pair:
     d = dict(d)
     pre = d.pop("pretrained", None)
+    more = d.pop("ensemble", [])
     pair = from_table(Pair, d, "config.pair")
-    return pair if pre is None else dataclasses.replace(pair, pretrained=from_table(PretrainedTeacher, pre,
-                                                                                  "config.pair.pretrained"))
+    if pre is None:
+        return pair
+    return dataclasses.replace(pair, pretrained=from_table(PretrainedTeacher, pre, "config.pair.pretrained"),
+                               ensemble=tuple(from_table(PretrainedTeacher, p, "config.pair.ensemble") for p in more))
 
 
 def job_from_config(config: dict, suite: str = "reproduce") -> Job:

@@ -119,7 +119,8 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     (tmp_path / "ckpt").mkdir()
     torch.save({"state_dict": {f"module.{k}": v for k, v in teacher.state_dict().items()}},
                tmp_path / "ckpt" / "t.pt")  # wrapped and DataParallel-prefixed: both unwrapped
-    suite = load_suite(write_suite(tmp_path, '{ checkpoint = "ckpt/t.pt", arch = "cnn-large" }'))
+    table = '{ checkpoint = "ckpt/t.pt", arch = "cnn-large", kind = "standard" }'
+    suite = load_suite(write_suite(tmp_path, table))
     pre = suite.pairs[0].pretrained
     assert pre.ref == str((tmp_path / "ckpt" / "t.pt").resolve()) and len(pre.sha256) == 64
     jobs = suite.jobs()
@@ -149,11 +150,11 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
     # a changed checkpoint gets new job ids (its content hash is in them); the same bytes keep them
-    again = load_suite(write_suite(tmp_path, '{ checkpoint = "ckpt/t.pt", arch = "cnn-large" }'))
+    again = load_suite(write_suite(tmp_path, table))
     assert [j.job_id for j in again.jobs()] == [j.job_id for j in jobs]
     torch.save(build_model("cnn-large", ModelInput(data.shape, 10, data.mean, data.std)).state_dict(),
                tmp_path / "ckpt" / "t.pt")
-    changed = load_suite(write_suite(tmp_path, '{ checkpoint = "ckpt/t.pt", arch = "cnn-large" }'))
+    changed = load_suite(write_suite(tmp_path, table))
     assert not {j.job_id for j in changed.jobs()} & {j.job_id for j in jobs}
 
     # the record's config rebuilds the same job (reproduce)
@@ -169,7 +170,7 @@ def test_mismatched_checkpoint_lists_the_keys(tmp_path, trained_digits_model):
 
     teacher, data = digits_teacher(trained_digits_model)
     torch.save(teacher.state_dict(), tmp_path / "t.pt")
-    suite = load_suite(write_suite(tmp_path, '{ checkpoint = "t.pt", arch = "cnn-small" }'))
+    suite = load_suite(write_suite(tmp_path, '{ checkpoint = "t.pt", arch = "cnn-small", kind = "standard" }'))
     with pytest.raises(KdbenchError) as e:
         load_pretrained(suite.pairs[0].pretrained, ModelInput(data.shape, 10, data.mean, data.std), "cpu", tmp_path)
     msg = str(e.value)
@@ -179,7 +180,7 @@ def test_mismatched_checkpoint_lists_the_keys(tmp_path, trained_digits_model):
     sd["extra.weight"] = torch.zeros(1)
     del sd["head.1.weight"]
     torch.save(sd, tmp_path / "t.pt")
-    suite = load_suite(write_suite(tmp_path, '{ checkpoint = "t.pt", arch = "cnn-large" }'))
+    suite = load_suite(write_suite(tmp_path, '{ checkpoint = "t.pt", arch = "cnn-large", kind = "standard" }'))
     with pytest.raises(KdbenchError, match=r"missing keys: head\.1\.weight; unexpected keys: extra\.weight"):
         load_pretrained(suite.pairs[0].pretrained, ModelInput(data.shape, 10, data.mean, data.std), "cpu", tmp_path)
 
@@ -217,13 +218,15 @@ def test_a_checkpoint_that_is_not_a_plain_state_dict_is_refused(tmp_path):
 
 @pytest.mark.parametrize("table,message", [
     ('{ checkpoint = "t.pt" }', "needs 'arch'"),
-    ('{ checkpoint = "nope.pt", arch = "cnn-large" }', "does not exist"),
+    ('{ checkpoint = "nope.pt", arch = "cnn-large", kind = "standard" }', "does not exist"),
     ('{ checkpoint = "t.pt", arch = "cnn-huge" }', "unknown model 'cnn-huge'"),
     ('{ checkpoint = "t.pt", arch = "cnn-large", normalize = "zscore" }', "normalize 'zscore' is unknown"),
-    ('{ checkpoint = "t.pt", robustbench = "X", arch = "cnn-large" }', "exactly one of"),
+    ('{ checkpoint = "t.pt", robustbench = "X", arch = "cnn-large", kind = "standard" }', "exactly one of"),
     ('{ robustbench = "X" }', "say which RobustBench dataset"),
     ('{ checkpoint = "t.pt", arch = "cnn-large", dataset = "cifar10" }', "only apply to robustbench"),
     ('{ weights = "t.pt" }', "unknown key 'weights'"),
+    ('{ checkpoint = "t.pt", arch = "cnn-large" }', "needs 'kind', the teacher kind the model was trained as"),
+    ('{ checkpoint = "t.pt", arch = "cnn-large", kind = "robust" }', "unknown teacher kind in .*'robust'"),
 ])
 def test_teacher_table_errors(tmp_path, table, message):
     from kdbench.suite import load_suite
@@ -258,8 +261,8 @@ def test_robustbench_teacher_through_a_fake_loader(tmp_path, monkeypatch, traine
 
     teacher, _ = digits_teacher(trained_digits_model)
     calls = fake_robustbench(monkeypatch, teacher)
-    suite = load_suite(write_suite(tmp_path, '{ robustbench = "Fake2024Robust", dataset = "cifar10" }',
-                                   "kd = {}\nhierarchical = {}"))
+    suite = load_suite(write_suite(tmp_path, '{ robustbench = "Fake2024Robust", dataset = "cifar10", '
+                                             'kind = "standard" }', "kd = {}\nhierarchical = {}"))
     assert suite.pairs[0].teacher == "robustbench:Fake2024Robust"
     res = run_suite(suite, tmp_path / "out", torch.device("cpu"), cache_dir=tmp_path / "cache", quiet=True)
     assert calls and calls[0] == ("Fake2024Robust", "cifar10", "Linf")

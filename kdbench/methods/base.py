@@ -59,6 +59,7 @@ class Distiller(nn.Module):
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     teacher_kind: ClassVar[str | None] = "standard"  # None: the method uses no teacher
+    pretrained_refused: ClassVar[str] = ""  # why a pretrained teacher cannot stand in for its teacher ("": it can)
     uses_teacher_logits: ClassVar[bool] = True
     baselines: ClassVar[tuple[str, ...]] = ("ce",)  # the rows this method is compared with on the leaderboard
 

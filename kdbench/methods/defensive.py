@@ -22,6 +22,8 @@ class DefensiveDistillation(Distiller):
 
     defaults = {"temperature": 100.0}
     teacher_kind = "defensive"
+    pretrained_refused = ("its teacher is trained with softmax at the method's temperature T (kind 'defensive'), "
+                          "which a model trained elsewhere was not")
 
     @classmethod
     def teacher_specs(cls, params, arch, kind, seed):

@@ -60,6 +60,7 @@ class Distiller(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     teacher_kind: ClassVar[str | None] = "standard"  # None: the method uses no teacher
     uses_teacher_logits: ClassVar[bool] = True
+    baselines: ClassVar[tuple[str, ...]] = ("ce",)  # the rows this method is compared with on the leaderboard
 
     def __init__(self, student: nn.Module, teachers: list[nn.Module], params: dict[str, Any], ctx: TrainContext):
         super().__init__()

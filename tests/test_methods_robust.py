@@ -4,6 +4,7 @@ test_methods.py, never kdbench's own kl_soft / kd_loss / kl_rows), their attacks
 registry-driven contract tests of test_methods.py cover them too (finite loss, gradients to the student only,
 teachers frozen and in eval mode)."""
 
+import copy
 import math
 
 import pytest
@@ -149,6 +150,14 @@ def test_adaad_disagreement_logits_are_the_per_example_kl():
     want = kl_rows(softmax(teacher(x)), log_softmax(student(x)))
     torch.testing.assert_close(z[:, 0].double(), want, rtol=1e-5, atol=1e-7)
     assert torch.equal(z[:, 1], torch.zeros(5))
+    # its input gradient runs through the teacher as well as the student (float64 autograd on copies)
+    xg = x.clone().requires_grad_(True)
+    Disagreement(student, teacher)(xg)[:, 0].sum().backward()
+    s64, t64 = copy.deepcopy(student).double(), copy.deepcopy(teacher).double()
+    x64 = x.double().requires_grad_(True)
+    p_t = torch.softmax(t64(x64), 1)
+    (p_t * (torch.log(p_t) - torch.log_softmax(s64(x64), 1))).sum().backward()
+    torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
     gap = Disagreement(student, teacher.eval())
     assert all(m is not teacher for m in gap.modules())  # the teacher is not a sub-module: train() never reaches it
     gap.train()

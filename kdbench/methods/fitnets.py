@@ -49,7 +49,8 @@ class FitNets(Distiller):
         super().__init__(student, teachers, params, ctx)
         if not 0.0 <= self.params["hint_stage"] < 1.0:
             raise KdbenchError(f"methods.fitnets.hint_stage {self.params['hint_stage']!r} is outside [0, 1)")
-        probe = torch.rand(2, *ctx.input_shape, device=next(student.parameters()).device)
+        device = next(student.parameters()).device
+        probe = torch.rand(2, *ctx.input_shape, generator=torch.Generator().manual_seed(0)).to(device)  # own stream
         with torch.no_grad():
             training = student.training
             student.eval()

@@ -161,7 +161,10 @@ def test_real_suites_load_with_their_protocol():
                         ("robustness-fashion-smoke", fashion)):
         s = load_suite(smoke)
         assert s.train.epochs == 1 and s.data.train_subset and s.data.test_subset
-        assert s.pairs == full.pairs and [m.name for m in s.methods] == [m.name for m in full.methods]
+        names, full_names = [m.name for m in s.methods], [m.name for m in full.methods]
+        assert s.pairs == full.pairs and names == [n for n in full_names if n in names]
+        cifar_subset = smoke == "robustness-cifar10-smoke" and set(names) == {"ard", "rslad", "adaad", "mtard"}
+        assert names == full_names or cifar_subset
 
     ref = json.loads((ROOT / "benchmarks" / "robustness-cifar10.reference.json").read_text())
     rows = [(r["method"], r["student"], r["checkpoint"]) for r in ref["reported"]]

@@ -1,8 +1,8 @@
 """Layer-wise (hierarchical) feature distillation on the models' declared stages: FitNets-style hints at
 every stage (`hierarchical`) and attention transfer. FitNets as published (one middle hint, two stages) is
-`fitnets` (fitnets.py). Every registered model exposes `forward_stages(x) -> (logits, [stage outputs])`; the student's and
-teacher's stages are matched in order (the last `len(stages)` of the deeper model), and maps of different
-spatial size are average-pooled to the smaller one.
+`fitnets` (fitnets.py). Every registered model exposes `forward_stages(x) -> (logits, [stage outputs])`; the
+student's and teacher's stages are matched in order (the last `len(stages)` of the deeper model), and maps of
+different spatial size are average-pooled to the smaller one.
 """
 
 from __future__ import annotations

@@ -153,9 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the job grid and a compute-time estimate measured on this device; run nothing")
     _add_executor_args(run)
 
-    ls = sub.add_parser("list", help="list datasets, models, methods, attacks, corruptions, suites")
+    ls = sub.add_parser("list", help="list datasets, models, methods, teacher kinds, attacks, corruptions, suites")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=["all", "datasets", "models", "methods", "attacks", "corruptions", "suites", "flags"])
+                    choices=["all", "datasets", "models", "methods", "teacher-kinds", "attacks", "corruptions", "suites",
+                             "flags"])
 
     rp = sub.add_parser("reproduce", help="re-run the job of a record and compare every metric")
     rp.add_argument("record", type=Path, help="a record JSON file (results/<suite>/records/<job_id>.json)")
@@ -337,9 +338,10 @@ def cmd_list(args) -> int:
     from .models import MODELS
     from .sanity import FLAGS
     from .suite import builtin_suites
+    from .teachers import TEACHER_KINDS
 
-    sections = {"datasets": DATASETS, "models": MODELS, "methods": METHODS, "attacks": ATTACKS,
-                "corruptions": CORRUPTIONS, "flags": FLAGS}
+    sections = {"datasets": DATASETS, "models": MODELS, "methods": METHODS, "teacher-kinds": TEACHER_KINDS,
+                "attacks": ATTACKS, "corruptions": CORRUPTIONS, "flags": FLAGS}
     for name, reg in sections.items():
         if args.what in ("all", name):
             print(f"{name}:")

@@ -26,7 +26,7 @@ from .methods import METHODS, Batch, TeacherSpec, TrainContext
 from .models import ModelInput, build_model, count_macs, count_params
 from .records import atomic_write_bytes, atomic_write_text, environment, load_records, utc_now, write_record
 from .suite import Job, Suite
-from .teachers import TEACHER_KINDS, teacher_key
+from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 from .train import fit, predict_logits, seed_everything
 from .transfer import shared_examples
 
@@ -112,14 +112,13 @@ def teacher_config(spec: TeacherSpec, job: Job, threads: int) -> dict:
     """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
     its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead)."""
     t = job.train
+    params, kind_train = cache_settings(spec.kind, dict(spec.params), t)  # the kind's own facts (teachers.py)
     # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
     # format 3: they train with optim.FlatOptimizer
     cfg = {"format": 3, "data": data_mod.config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
-           "params": dict(spec.params), "seed": spec.seed,
+           "params": params, "seed": spec.seed,
            "train": {"epochs": t.teacher_epochs, "batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr,
-                     "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule}}
-    if spec.kind == "adversarial":
-        cfg["train"].update(adv_eps=t.adv_eps, adv_steps=t.adv_steps, adv_step_size=t.step_size())
+                     "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule, **kind_train}}
     if job.gpu is not None:  # trained on a GPU with these settings (mixed precision, ...)
         cfg["gpu"] = dataclasses.asdict(job.gpu)
     else:

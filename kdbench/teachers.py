@@ -10,10 +10,17 @@ Kinds:
   PGD (`adv_steps` steps of `adv_step_size`, random start) at the suite's `adv_eps`.
 - `defensive`: softmax at temperature T during training (Papernot et al. 2016, "Distillation as a Defense to
   Adversarial Perturbations against Deep Neural Networks"): loss = CE(f(x) / T, y), default T = 100.
+- `trades`: TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and Accuracy"):
+  loss = CE(f(x), y) + beta * KL(f(x) || f(x')), x' from TRADES's KL attack (torchattacks TPGD) at the suite's
+  `adv_eps`, default beta = 6 (methods/trades.py). The RSLAD and MTARD papers distil from TRADES teachers.
+
+Each kind names the training settings beyond the common ones (epochs, optimiser, ...) that change its weights,
+`train_fields`: they enter its cache key (`cache_settings`), so a new kind needs no edit elsewhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ import torch.nn.functional as F
 import torchattacks
 
 from .gpu import full_precision
+from .methods.trades import TRADES_BETA, trades_attack, trades_terms
 from .registry import Registry
 
 TEACHER_KINDS: Registry = Registry("teacher kind")
@@ -33,6 +41,7 @@ class TeacherKind:
     summary: str
     defaults: dict[str, Any]
     objective: Callable  # (model, params, train_cfg) -> (x, y, progress) -> dict[str, Tensor]
+    train_fields: tuple[str, ...] = ()  # TrainConfig fields beyond the common ones that enter the cache key
 
 
 def _standard(model, params, train_cfg):
@@ -56,11 +65,31 @@ def _defensive(model, params, train_cfg):
     return lambda x, y, progress: {"ce_T": F.cross_entropy(model(x) / T, y)}
 
 
+def _trades(model, params, train_cfg):
+    attack = trades_attack(model, train_cfg.adv_eps, train_cfg.step_size(), train_cfg.adv_steps)
+    return lambda x, y, progress: trades_terms(model, attack, x, y, params["beta"])
+
+
+ATTACK_FIELDS = ("adv_eps", "adv_steps", "adv_step_size")  # the inner maximisation of adversarial training
+
 TEACHER_KINDS.add("standard", TeacherKind("cross-entropy on clean data", {}, _standard))
 TEACHER_KINDS.add("adversarial", TeacherKind("PGD adversarial training at the suite's adv_eps (Madry et al. 2018)",
-                                             {}, _adversarial))
+                                             {}, _adversarial, ATTACK_FIELDS))
 TEACHER_KINDS.add("defensive", TeacherKind("softmax at temperature T during training (Papernot et al. 2016)",
                                            {"temperature": 100.0}, _defensive))
+TEACHER_KINDS.add("trades", TeacherKind("TRADES at the suite's adv_eps, beta = 6 (Zhang et al. 2019)",
+                                        {"beta": TRADES_BETA}, _trades, ATTACK_FIELDS))
+
+
+def cache_settings(kind_name: str, params: dict, train_cfg) -> tuple[dict, dict]:
+    """What a teacher of this kind adds to its cache key: its parameters with the kind's defaults filled in, and
+    the values of the kind's `train_fields` (the PGD step size resolved). A kind that is not trained here
+    (`pretrained`) adds its parameters only."""
+    if kind_name not in TEACHER_KINDS:
+        return dict(params), {}
+    kind = TEACHER_KINDS.get(kind_name)
+    resolved = dataclasses.replace(train_cfg, adv_step_size=train_cfg.step_size())
+    return {**kind.defaults, **dict(params)}, {f: getattr(resolved, f) for f in kind.train_fields}
 
 
 def teacher_key(config: dict) -> str:

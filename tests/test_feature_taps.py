@@ -1,6 +1,6 @@
 """Layer-wise distillation works for every registered architecture pair: every model declares its stages,
-and FitNets / attention transfer build and give a finite loss with gradients for each (teacher, student)
-pair that takes the same input size."""
+and the layer-wise methods (stage hints, FitNets, attention transfer) build and give a finite loss with
+gradients for each (teacher, student) pair that takes the same input size."""
 
 import itertools
 
@@ -42,7 +42,7 @@ def test_every_model_declares_stages(shapes):
         assert all(f.dim() == 4 and f.shape[0] == 2 for f in feats), arch
 
 
-@pytest.mark.parametrize("method", ["hierarchical", "attention"])
+@pytest.mark.parametrize("method", ["hierarchical", "attention", "fitnets"])
 def test_layerwise_methods_on_every_pair(shapes, method):
     pairs = [(t, s) for t, s in itertools.product(shapes, shapes) if shapes[t] == shapes[s]]
     assert pairs
@@ -56,7 +56,15 @@ def test_layerwise_methods_on_every_pair(shapes, method):
         d = cls(student, [teacher], dict(cls.defaults), ctx)
         d.train()
         x, y = torch.rand(2, *shape), torch.tensor([1, 2])
-        loss = sum(d.losses(Batch(x, y, [], 0.5)).values())
+        with torch.no_grad():
+            logits = [teacher(x)] if cls.uses_teacher_logits else []
+        if method == "fitnets":  # its hint stage first: the regressor fits this pair's middle stages
+            hint = d.losses(Batch(x, y, logits, 0.0))["hint"]
+            assert torch.isfinite(hint) and hint > 0, (teacher_arch, student_arch)
+            hint.backward()
+            assert d.regressor.weight.grad is not None, (teacher_arch, student_arch)
+            student.zero_grad()
+        loss = sum(d.losses(Batch(x, y, logits, 0.5)).values())
         assert torch.isfinite(loss), (teacher_arch, student_arch)
         loss.backward()
         assert all(p.grad is not None for p in student.parameters()), (teacher_arch, student_arch)

@@ -644,4 +644,5 @@ def test_defaults_documented_and_teacherless_specs(name):
     assert cls.teacher_specs(dict(cls.defaults), "cnn-large", None, 1) == []
     if cls.teacher_kind is not None:
         specs = cls.teacher_specs(dict(cls.defaults), "cnn-large", cls.teacher_kind, 1)
-        assert specs and all(s.kind == cls.teacher_kind for s in specs)
+        # the first teacher is of the job's kind (the one its record names); a method may add others (mtard's clean one)
+        assert specs and specs[0].kind == cls.teacher_kind

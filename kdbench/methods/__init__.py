@@ -11,3 +11,10 @@ from . import noise  # noqa: F401,E402
 from . import defensive  # noqa: F401,E402
 from . import adversarial  # noqa: F401,E402
 from . import dtkd  # noqa: F401,E402
+from . import at  # noqa: F401,E402
+from . import trades  # noqa: F401,E402
+from . import iad  # noqa: F401,E402
+from . import adaad  # noqa: F401,E402
+from . import mtard  # noqa: F401,E402
+from . import dkd  # noqa: F401,E402
+from . import fitnets  # noqa: F401,E402

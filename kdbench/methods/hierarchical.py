@@ -1,7 +1,8 @@
-"""Layer-wise (hierarchical) feature distillation on the models' declared stages: FitNets and attention
-transfer. Every registered model exposes `forward_stages(x) -> (logits, [stage outputs])`; the student's and
-teacher's stages are matched in order (the last `len(stages)` of the deeper model), and maps of different
-spatial size are average-pooled to the smaller one.
+"""Layer-wise (hierarchical) feature distillation on the models' declared stages: FitNets-style hints at
+every stage (`hierarchical`) and attention transfer. FitNets as published (one middle hint, two stages) is
+`fitnets` (fitnets.py). Every registered model exposes `forward_stages(x) -> (logits, [stage outputs])`; the
+student's and teacher's stages are matched in order (the last `len(stages)` of the deeper model), and maps of
+different spatial size are average-pooled to the smaller one.
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ class FeatureDistiller(Distiller):
 
 
 @register_method("hierarchical")
-class FitNets(FeatureDistiller):
-    """Layer-wise FitNets hints at several depths plus KD (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets").
+class StageHints(FeatureDistiller):
+    """FitNets-style hints at every stage, joint with KD (after Romero et al. 2015, ICLR); not FitNets as published.
 
     loss = beta * sum_k mean (r_k(s_k) - t_k)^2 + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE
     where s_k, t_k are the student's and teacher's k-th stage outputs and r_k a learned 1x1-conv regressor
     from the student's channels to the teacher's (trained jointly with the student).
+    Not FitNets as published, which hints one middle layer with a convolutional regressor and trains in two
+    stages (hints first, then KD): that is the method `fitnets`. This one puts a hint on several stages at once
+    and trains hints and KD together from the first step.
     """
 
     defaults = {"beta": 1.0, "temperature": 4.0, "alpha": 0.9, "stages": [-3, -2, -1]}

@@ -1,0 +1,64 @@
+"""TRADES: adversarial training that trades clean accuracy for robustness through a KL smoothness term.
+
+Used twice: as the teacher-free baseline method `trades` (the student trained alone) and as the teacher kind
+`trades` (teachers.py), the kind of teacher the RSLAD and MTARD papers distil from.
+
+The inner maximisation is torchattacks' TPGD, which is TRADES's own attack: x' starts at x + 0.001 * N(0, I)
+and takes `steps` signed-gradient steps of `step_size` on KL(softmax(f(x)) || softmax(f(x'))) (summed over the
+batch), projected onto the eps-ball and [0, 1], with the model in eval mode (torchattacks switches to eval for
+the attack and restores the training mode afterwards).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+
+from ..gpu import full_precision
+from .base import Batch, Distiller, kl_soft, register_method
+
+TRADES_BETA = 6.0  # 1/lambda = 6: the paper's CIFAR-10 setting and its released models
+
+
+def trades_attack(model: nn.Module, eps: float, step_size: float, steps: int) -> torchattacks.TPGD:
+    """TRADES's inner maximisation of KL(f(x) || f(x')) on `model` (torchattacks TPGD)."""
+    return torchattacks.TPGD(model, eps=eps, alpha=step_size, steps=steps)
+
+
+def trades_terms(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """CE(f(x), y) + beta * KL(softmax(f(x)) || softmax(f(x'))), batch mean; the gradient flows through both
+    f(x) and f(x'), as in the paper's objective and reference code."""
+    with full_precision(x):  # the attack in float32 even when the step runs under autocast (GPU)
+        x_adv = attack(x).detach()
+    logits = model(x)
+    return {"ce": F.cross_entropy(logits, y), "kl_adv": beta * kl_soft(model(x_adv), F.softmax(logits, dim=1))}
+
+
+@register_method("trades")
+class TRADES(Distiller):
+    """TRADES of the student alone, no teacher, beta = 6 (Zhang et al. 2019, ICML); a baseline.
+
+    Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan 2019, "Theoretically Principled Trade-off between Robustness and
+    Accuracy".
+
+    x' = argmax_{||x' - x||_inf <= eps} KL(softmax(s(x)) || softmax(s(x')))     (TPGD, start x + 0.001 N(0, I))
+    loss = CE(s(x), y) + beta * KL(softmax(s(x)) || softmax(s(x'))),  beta = 6
+    eps, steps and step size are the suite's adv_eps, adv_steps and adv_step_size.
+
+    Paper vs code (yaodongyu/TRADES, trades.py): the same objective, KL summed over classes and averaged over
+    the batch. The reference code also runs the attack in eval mode and starts at x + 0.001 N(0, I), as here.
+    Its step size (0.007 for eps 0.031) is set here by the suite (the CIFAR-10 suite uses 2/255).
+    """
+
+    defaults = {"beta": TRADES_BETA}
+    teacher_kind = None
+    uses_teacher_logits = False
+
+    def __init__(self, student, teachers, params, ctx):
+        super().__init__(student, teachers, params, ctx)
+        self.attack = trades_attack(student, ctx.adv_eps, ctx.adv_step_size, ctx.adv_steps)
+
+    def losses(self, batch: Batch):
+        return trades_terms(self.student, self.attack, batch.x, batch.y, self.params["beta"])

@@ -102,6 +102,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
              for n in ev.attacks if num_classes < ATTACKS.get(n).min_classes]
     attacks = tuple(n for n in ev.attacks if num_classes >= ATTACKS.get(n).min_classes)
     made_worst: dict[str, dict] = {}
+    zero_grad = timed("worst-case", lambda: (input_gradients(model, x, y, bs) < ZERO_GRAD_NORM).float().mean().item())
     whitebox_ok: dict[float, torch.Tensor] = {}
     masks: dict[tuple[str, str], torch.Tensor] = {}  # (attack, eps) -> per-example correct
     robust_ok: dict[float, torch.Tensor] = {}
@@ -142,9 +143,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         worst = worst_case(run)
         if robust_ok:  # broken at a smaller eps: broken here too (that example lies in this ball)
             worst &= robust_ok[max(robust_ok)]
+        masked = wc.masking_suspected(evidence["acc"], e, zero_grad)
         worst, broke, skipped = timed("worst-case", lambda: wc.strengthen(
             worst, attacks, num_classes, lambda n, i: _attack_subset(n, model, x, y, i, eps, ev, seed, num_classes,
-                                                                     "worst")))
+                                                                     "worst"), masked))
         notes.extend(m for m in skipped if m not in notes)
         made_worst[e] = {**wc.broken_first_by(clean_ok, named), **broke}
         metrics[f"robust@{e}"] = worst.float().mean().item()

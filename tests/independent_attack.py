@@ -23,7 +23,7 @@ def _ce_rescaled(z, y):
     return F.cross_entropy(z / z.abs().amax(1, keepdim=True).clamp_min(1e-12), y, reduction="none")
 
 
-LOSSES = {"ce": _ce, "margin": _margin, "ce-rescaled": _ce_rescaled}
+LOSSES = {"margin": _margin, "ce-rescaled": _ce_rescaled, "ce": _ce}  # strongest first: fewer survivors to attack
 
 
 @torch.no_grad()

@@ -126,7 +126,9 @@ def kl_soft(student_logits: torch.Tensor, target_probs: torch.Tensor, temperatur
     if reduction not in KL_REDUCTIONS:
         raise ValueError(f"kl reduction {reduction!r} is unknown; choose from: {', '.join(KL_REDUCTIONS)}")
     log_p = F.log_softmax(student_logits / temperature, dim=1)
-    return F.kl_div(log_p, target_probs, reduction=reduction)
+    if reduction == "mean":  # written out: PyTorch announces that its own "mean" will become "batchmean"
+        return F.kl_div(log_p, target_probs, reduction="sum") / log_p.numel()
+    return F.kl_div(log_p, target_probs, reduction="batchmean")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,

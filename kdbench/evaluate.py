@@ -7,16 +7,22 @@ Metric names (stable strings read by tables, plots, the leaderboard and the regr
   the same attack at a smaller eps (that adversarial example lies in the larger ball too), counts as broken.
   So accuracy never rises with eps, and no attack time goes to examples that are known to be broken.
 - `transfer@<eps>`: accuracy on PGD examples crafted on the teacher (students only).
+- `autoattack/<component>@<eps>`: with `autoattack` in `eval.attacks`, the accuracy after each of its components
+  (cumulative, as the reference reports it; autoattack.py).
 - `robust@<eps>`: per-example worst case: an example counts only if it is classified correctly clean and
-  under every attack run at that eps (transfer included).
+  under every attack run at that eps (transfer included), and under the attacks that see through gradient
+  masking (worst_case.py), run on the survivors. `flag_evidence.worst_case` says which attack broke how many.
 - `sweep@<eps>`: worst case of PGD and APGD-DLR along `eval.sweep_eps` (accuracy-vs-eps curves).
+- `noise-auc/<family>`, `noise/<family>/<level>`: the noise-severity sweep (noise_sweep.py).
+
+An attack that needs more classes than the dataset has (DLR: 3, targeted DLR: 4) is skipped, with a line in
+`flag_evidence.notes`.
 - `corruption/<name>/<severity>`, `corruption/<name>` (mean over severities), `mca` (mean corruption
   accuracy over all corruptions and severities) and `relative_mca` (mca / clean).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import zlib
 
@@ -24,15 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import ATTACKS, build_attack, run_attack
+from . import worst_case as wc
+from .attacks import ATTACKS, attack_correct, build_attack, run_attack
 from .corruptions import corrupt
 from .fold import fold_batch_norm
+from .noise_sweep import noise_sweep
+from .output_checks import output_evidence
 from .sanity import ZERO_GRAD_NORM, compute_flags
 from .transfer import craft_transfer
 from .train import predict_logits
 
 NOISE_DRAWS = 10  # random sign-noise draws of L-inf size eps per example
-STRONG_RESTARTS = 3  # restarts of the 2x-steps PGD of the convergence check
 
 
 def _seed(seed: int, *parts) -> int:
@@ -92,25 +100,34 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     clean_ok = timed("clean", lambda: correct(model, x, y, bs))
     metrics["clean"] = clean_ok.float().mean().item()
     evidence: dict = {"eps": [], "acc": {}}
+    notes = [f"{n}: skipped, it needs >= {ATTACKS.get(n).min_classes} classes ({num_classes} here)"
+             for n in ev.attacks if num_classes < ATTACKS.get(n).min_classes]
+    attacks = tuple(n for n in ev.attacks if num_classes >= ATTACKS.get(n).min_classes)
+    made_worst: dict[str, dict] = {}
+    zero_grad = timed("worst-case", lambda: (input_gradients(model, x, y, bs) < ZERO_GRAD_NORM).float().mean().item())
     whitebox_ok: dict[float, torch.Tensor] = {}
     masks: dict[tuple[str, str], torch.Tensor] = {}  # (attack, eps) -> per-example correct
     robust_ok: dict[float, torch.Tensor] = {}
     blackbox_ok: dict[float, torch.Tensor] = {}
 
-    survivors = {name: clean_ok for name in ev.attacks}  # per attack: not broken at any smaller eps yet
+    survivors = {name: clean_ok for name in attacks}  # per attack: not broken at any smaller eps yet
     for eps in sorted(ev.eps):
         e = fmt_eps(eps)
         evidence["eps"].append(e)
         run: list[torch.Tensor] = [clean_ok]
+        named: list[tuple[str, torch.Tensor]] = []
         wb = clean_ok.clone()
         bb = torch.ones_like(clean_ok)
-        for name in ev.attacks:
+        for name in attacks:
             idx = torch.nonzero(survivors[name]).flatten()
+            parts: dict = {}
             ok = timed(name, lambda: _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, "main",
-                                                    broken_outside=True))
+                                                    broken_outside=True, parts=parts, notes=notes))
             masks[(name, e)] = survivors[name] = ok
             metrics[f"{name}@{e}"] = evidence["acc"][f"{name}@{e}"] = ok.float().mean().item()
+            metrics.update({f"{name}/{c}@{e}": m.float().mean().item() for c, m in parts.items()})
             run.append(ok)
+            named.append((name, ok))
             if ATTACKS.get(name).white_box:
                 wb &= ok
             else:
@@ -122,19 +139,30 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
             ok = correct(model, transfer_cache[e], y, bs)
             metrics[f"transfer@{e}"] = ok.float().mean().item()
             run.append(ok)
+            named.append(("transfer", ok))
             bb &= ok
         worst = worst_case(run)
+        if robust_ok:  # broken at a smaller eps: broken here too (that example lies in this ball)
+            worst &= robust_ok[max(robust_ok)]
+        masked = wc.masking_suspected(evidence["acc"], e, zero_grad)
+        worst, broke, skipped = timed("worst-case", lambda: wc.strengthen(
+            worst, attacks, num_classes, lambda n, i: _attack_subset(n, model, x, y, i, eps, ev, seed, num_classes,
+                                                                     "worst"), masked))
+        notes.extend(m for m in skipped if m not in notes)
+        made_worst[e] = {**wc.broken_first_by(clean_ok, named), **broke}
         metrics[f"robust@{e}"] = worst.float().mean().item()
         whitebox_ok[eps], blackbox_ok[eps], robust_ok[eps] = wb, bb, worst
 
     timed("sweep", lambda: _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics))
     timed("corruptions", lambda: _corruptions(model, x, y, ev, seed, metrics))
+    timed("noise-sweep", lambda: metrics.update(noise_sweep(model, x, y, ev, seed)))
     if ev.sanity:
         timed("sanity", lambda: _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
-                                                 whitebox_ok, blackbox_ok, robust_ok, metrics, evidence))
+                                                 whitebox_ok, blackbox_ok, robust_ok, metrics, evidence, attacks))
         flags, details = compute_flags(evidence)
     else:
         flags, details = [], {}
+    details = {**details, "worst_case": made_worst, **({"notes": notes} if notes else {})}
     if per_example is not None:
         per_example.update({"clean": clean_ok, **{f"robust@{fmt_eps(eps)}": ok for eps, ok in robust_ok.items()}})
     return metrics, flags, details
@@ -143,14 +171,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
 SWEEP_ATTACKS = ("pgd", "apgd-dlr")
 
 
-def _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, tag, broken_outside=False) -> torch.Tensor:
+def _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, tag, broken_outside=False, parts=None,
+                   notes=None) -> torch.Tensor:
     """Correctness under attack `name` of the examples `idx` (a 1-D index tensor), as a full-size mask that
-    is True outside `idx` (False with `broken_outside`: those examples are known to be broken already)."""
+    is True outside `idx` (False with `broken_outside`: those examples are known to be broken already).
+    An ensemble's masks after each component go into `parts`, notes on skipped components into `notes`."""
     ok = torch.full((len(x),), not broken_outside, dtype=torch.bool, device=x.device)
     if len(idx):
-        atk = build_attack(name, model, eps, ev, _seed(seed, tag, name, fmt_eps(eps)), num_classes)
-        x_adv = run_attack(atk, x[idx], y[idx], ev.batch_size, _seed(seed, tag, name, fmt_eps(eps)))
-        ok[idx] = correct(model, x_adv, y[idx], ev.batch_size)
+        s = _seed(seed, tag, name, fmt_eps(eps))
+        sub, comp, skipped = attack_correct(name, model, x[idx], y[idx], eps, ev, s, num_classes,
+                                            lambda xa: predict_logits(model, xa, ev.batch_size).argmax(1))
+        ok[idx] = sub
+        for c, m in comp.items():
+            full = ok.clone()
+            full[idx] = m
+            if parts is not None:
+                parts[c] = full
+        if notes is not None:
+            notes.extend(n for n in skipped if n not in notes)
     return ok
 
 
@@ -162,6 +200,8 @@ def _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics):
     for eps in sorted(ev.sweep_eps):
         e = fmt_eps(eps)
         for name in SWEEP_ATTACKS:
+            if num_classes < ATTACKS.get(name).min_classes:
+                continue
             if (name, e) in masks:
                 survivors &= masks[(name, e)]
             else:
@@ -187,9 +227,10 @@ def _corruptions(model, x, y, ev, seed, metrics):
 
 
 def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok, whitebox_ok, blackbox_ok,
-                     robust_ok, metrics, evidence):
+                     robust_ok, metrics, evidence, attacks):
     """Gather what the flags in sanity.py judge."""
     bs = ev.batch_size
+    evidence.update(output_evidence(model, x))
     # saturated softmax: input gradients that are exactly (numerically) zero
     norms = input_gradients(model, x, y, bs)
     evidence["zero_grad_fraction"] = (norms < ZERO_GRAD_NORM).float().mean().item()
@@ -197,18 +238,14 @@ def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
     top2 = logits.topk(2, dim=1).values
     evidence["median_logit_margin"] = (top2[:, 0] - top2[:, 1]).median().item()
 
-    # convergence: does PGD with twice the steps and 3 restarts lower the reported worst case?
+    # convergence: does the strongest attack with twice the steps and restarts lower the reported worst case?
     e = fmt_eps(headline_eps)
-    if headline_eps in robust_ok:
-        # only the examples that survived every attack can lower the worst case
-        still = robust_ok[headline_eps].clone()
-        strong = dataclasses.replace(ev, pgd_steps=2 * ev.pgd_steps)
-        for r in range(STRONG_RESTARTS):
-            idx = torch.nonzero(still).flatten()
-            still &= _attack_subset("pgd", model, x, y, idx, headline_eps, strong, seed, num_classes, f"strong{r}")
-        evidence["convergence"] = {"eps": e, "robust": metrics[f"robust@{e}"],
-                                   "robust_with_strong_pgd": still.float().mean().item(),
-                                   "steps": 2 * ev.pgd_steps, "restarts": STRONG_RESTARTS}
+    name = wc.strongest({n: metrics[f"{n}@{e}"] for n in attacks})
+    if headline_eps in robust_ok and name is not None:
+        strong = wc.doubled(ev)
+        evidence["convergence"] = {"eps": e, **wc.convergence(
+            robust_ok[headline_eps], name, lambda n, i, r: _attack_subset(n, model, x, y, i, headline_eps, strong,
+                                                                          seed, num_classes, f"strong{r}"))}
 
     # unbounded: the largest sweep eps must take accuracy to chance or below
     if ev.sweep_eps:

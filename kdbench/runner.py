@@ -288,6 +288,7 @@ def run_job(job: Job, ws: Workspace, progress: Progress) -> dict:
                     "macs": count_macs(model, data.shape)},
         "method": f"teacher:{job.teacher_kind}" if job.is_teacher else job.method,
         "method_params": dict(job.params),
+        "trained_on": {} if job.is_teacher else METHODS.get(job.method).trains_on(dict(job.params)),
         "teacher_kind": job.teacher_kind,
         "seed": job.seed,
         "metrics": metrics,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .output_checks import PROB_TOL, RANDOM_TOL
 from .registry import Registry
 
 FLAGS: Registry = Registry("flag")
@@ -20,7 +21,7 @@ FGSM_PGD_TOL = 0.01  # PGD accuracy may exceed FGSM's by at most this
 CE_MARGIN_GAP = 0.10  # CE-loss PGD above the margin (DLR) attack by more than this
 ZERO_GRAD_NORM = 1e-20  # an input gradient with L-inf norm below this is 'zero'
 ZERO_GRAD_FRACTION = 0.05  # flag when more than this fraction of examples has a zero gradient
-CONVERGENCE_DROP = 0.03  # 2x steps + restarts lowering PGD accuracy by more than this
+CONVERGENCE_DROP = 0.03  # the strongest attack at 2x steps + restarts lowering the worst case by more than this
 BLACKBOX_FRACTION = 0.01  # black-box/noise succeeding where every white-box attack failed, on more than this
 
 
@@ -56,9 +57,21 @@ def _zero_gradients(ev: dict):
 
 def _not_converged(ev: dict):
     c = ev.get("convergence")
-    if c and c["robust"] - c["robust_with_strong_pgd"] > CONVERGENCE_DROP:
+    if c and c["robust"] - c["robust_with_strong_attack"] > CONVERGENCE_DROP:
         return dict(c)
     return None
+
+
+def _randomized(ev: dict):
+    r = ev.get("randomness")
+    if r and (r["max_normalised_diff"] > RANDOM_TOL or r["predictions_differ"]):
+        return dict(r)
+    return None
+
+
+def _probability_outputs(ev: dict):
+    p = ev.get("probability_outputs")
+    return dict(p) if p and p["rows_are_probabilities"] else None
 
 
 def _unbounded_not_broken(ev: dict):
@@ -79,12 +92,15 @@ FLAGS.add("pgd-above-fgsm", Flag(f"PGD accuracy above FGSM accuracy (+{FGSM_PGD_
 FLAGS.add("ce-above-margin", Flag(f"CE-loss PGD accuracy above APGD-DLR by more than {CE_MARGIN_GAP}", _ce_above_margin))
 FLAGS.add("zero-gradients", Flag(f"more than {ZERO_GRAD_FRACTION:.0%} of inputs have an input gradient below "
                                  f"{ZERO_GRAD_NORM:g} (saturated softmax)", _zero_gradients))
-FLAGS.add("not-converged", Flag(f"PGD with 2x steps and 3 restarts lowers the worst-case robust accuracy by more "
-                                f"than {CONVERGENCE_DROP}",
-                                    _not_converged))
+FLAGS.add("not-converged", Flag(f"the strongest attack with 2x steps and restarts lowers the worst-case robust "
+                                f"accuracy by more than {CONVERGENCE_DROP}", _not_converged))
 FLAGS.add("unbounded-not-broken", Flag("accuracy at the largest sweep eps above chance", _unbounded_not_broken))
 FLAGS.add("blackbox-beats-whitebox", Flag(f"transfer/Square/random noise succeed where every white-box attack failed "
                                           f"on more than {BLACKBOX_FRACTION:.0%} of examples", _blackbox_beats_whitebox))
+FLAGS.add("randomized-outputs", Flag(f"two forward passes of the same inputs differ (normalised L2 > {RANDOM_TOL:g}): "
+                                     f"a randomised model needs EOT attacks", _randomized))
+FLAGS.add("probability-outputs", Flag(f"outputs are probabilities (rows in [0, 1] summing to 1 within {PROB_TOL:g}), "
+                                      f"not logits", _probability_outputs))
 
 
 def compute_flags(evidence: dict) -> tuple[list[str], dict]:

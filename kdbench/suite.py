@@ -26,6 +26,7 @@ from .errors import KdbenchError
 from .gpu import GpuConfig, check_gpu
 from .methods import METHODS, TeacherSpec
 from .models import MODELS
+from .noise_sweep import NOISE_FAMILIES
 from .optim import OPTIMIZERS, SCHEDULES
 from .pretrained import PretrainedTeacher, parse_teacher_table, stand_ins
 from .teachers import TEACHER_KINDS
@@ -65,6 +66,9 @@ class EvalConfig:
     sweep_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
     corruptions: tuple[str, ...] = ("gaussian_noise",)
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # noise-severity sweeps (noise_sweep.py): families and severities f in (0, 1]; `noise-auc/<family>`
+    noise_families: tuple[str, ...] = ("gaussian", "impulse", "blur", "contrast")
+    noise_levels: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
     sanity: bool = True
     batch_size: int = 1024
     # CIFAR-10-C / CIFAR-100-C corruptions read from `--corruptions-from DIR` (cifar_c.py): that flag fills in
@@ -201,8 +205,10 @@ class Suite:
 # 1: the first; 2: each attack runs only on the examples it has not broken at a smaller eps; 3: models in the
 # channels-last layout on the CPU, evaluation on a copy with batch norms folded (same functions, other last bits);
 # 4: training steps with optim.FlatOptimizer (Adam's and SGD's updates, in another order of float operations);
-# pretrained (checkpoint, RobustBench) teachers in the layout of trained ones (channels-last on the CPU).
-PROTOCOL = 4
+# pretrained (checkpoint, RobustBench) teachers in the layout of trained ones (channels-last on the CPU);
+# 5: ARD as published (CE inner maximisation, student in train mode), the worst case adds the attacks that see
+# through gradient masking, the convergence check re-runs the strongest attack, AutoAttack at reference strength.
+PROTOCOL = 5
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,10 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     ev = from_table(EvalConfig, doc.get("eval"), "eval")
     _check_names(ev.attacks, ATTACKS, "eval.attacks")
     _check_names(ev.corruptions, CORRUPTIONS, "eval.corruptions")
+    _check_names(ev.noise_families, NOISE_FAMILIES, "eval.noise_families")
+    for f in ev.noise_levels:
+        if isinstance(f, bool) or not 0.0 < f <= 1.0:
+            raise KdbenchError(f"eval.noise_levels: level {f!r} is outside (0, 1]")
     for e in ev.eps:
         _check_eps(e, "eval.eps")
     for e in ev.sweep_eps:
@@ -445,6 +455,9 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         if kind is not None:
             TEACHER_KINDS.check(kind)
         merged = check_params(params, cls.defaults, f"methods.{name}")
+        for key, allowed in cls.choices.items():
+            if merged[key] not in allowed:
+                raise KdbenchError(f"methods.{name}.{key} {merged[key]!r} is unknown; choose from: {', '.join(allowed)}")
         runs.append(MethodRun(name, tuple(sorted(merged.items())), kind))
     return tuple(runs)
 

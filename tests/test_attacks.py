@@ -36,12 +36,46 @@ def test_attack_is_bounded_and_effective(toy, name):
     assert not model.training  # attacks leave the model in eval mode
 
 
-def test_autoattack_is_bounded(toy):
+@pytest.mark.parametrize("num_classes,targets", [(10, 9), (100, 9), (5, 4)])
+def test_autoattack_components_are_the_references(toy, num_classes, targets):
+    """fra31/auto-attack, version "standard", L-inf: APGD-CE (100 steps, 1 restart), APGD-T (targeted DLR, 100
+    steps, 1 restart, 9 targets), FAB-T (100 steps, 1 restart, 9 targets), Square (5000 queries, 1 restart), in
+    that order; n_classes - 1 targets when there are fewer than 10 classes."""
+    import torchattacks
+
+    model = toy[0]
+    comps = ATTACKS.get("autoattack").components
+    assert [c.name for c in comps] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    a, t, f, sq = (c.build(model, 8 / 255, 0, num_classes) for c in comps)
+    assert type(a) is torchattacks.APGD and a.loss == "ce" and a.steps == 100 and a.n_restarts == 1
+    assert type(t) is torchattacks.APGDT and t.steps == 100 and t.n_restarts == 1 and t.n_target_classes == targets
+    assert type(f) is torchattacks.FAB and f.multi_targeted and f.steps == 100 and f.n_restarts == 1
+    assert f.n_target_classes == targets
+    assert type(sq) is torchattacks.Square and sq.n_queries == 5000 and sq.n_restarts == 1 and sq.loss == "margin"
+    assert sq.p_init == 0.8
+    assert all(x.eps == 8 / 255 and x.norm == "Linf" for x in (a, t, f, sq))
+    assert [c.min_classes for c in comps] == [2, 4, 2, 2]
+
+
+def test_autoattack_is_bounded_and_at_least_as_strong_as_torchattacks_default(toy):
+    """Each component runs on the survivors of the previous ones; the ensemble is at least as strong as
+    torchattacks' `AutoAttack(version="standard")` (10-step components), on the same examples."""
+    import torchattacks
+
+    from kdbench.attacks import attack_correct
+
     model, x, y = toy
-    atk = build_attack("autoattack", model, EPS, FAST, seed=1, num_classes=10)
-    x_adv = run_attack(atk, x[:16], y[:16], 16, seed=1)
-    assert (x_adv - x[:16]).abs().max().item() <= EPS + 1e-6
-    assert 0.0 <= x_adv.min().item() and x_adv.max().item() <= 1.0
+    x, y, eps = x[:48], y[:48], 0.04
+    predict = lambda xa: predict_logits(model, xa).argmax(1)  # noqa: E731
+    ok, parts, notes = attack_correct("autoattack", model, x, y, eps, FAST, 1, 10, predict)
+    assert list(parts) == ["apgd-ce", "apgd-t", "fab-t", "square"] and not notes
+    accs = [m.float().mean().item() for m in parts.values()]
+    assert accs == sorted(accs, reverse=True) and torch.equal(parts["square"], ok)  # cumulative, last = ensemble
+    theirs = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=1)
+    x_theirs = run_attack(theirs, x, y, 48, 1)
+    assert (x_theirs - x).abs().max() <= eps + 1e-6
+    assert ok.float().mean().item() <= accuracy(model, x_theirs, y)
+    assert ok.float().mean().item() < accuracy(model, x, y)
 
 
 def test_attacks_restore_training_mode(toy):

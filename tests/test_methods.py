@@ -378,44 +378,81 @@ class Recorder:
         return self.x_adv
 
 
-def test_ard_loss_on_a_given_adversarial_example(monkeypatch):
+@pytest.mark.parametrize("name", ["ard", "ard-kl"])
+def test_ard_loss_on_a_given_adversarial_example(monkeypatch, name):
     x, y, student, teacher = fixed_pair()
     x_adv = (x + 0.05 * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(3)))).clamp(0, 1)
     T, a = 5.0, 0.6  # (the default T = 30 is checked below, at a float32-appropriate tolerance)
-    d = make("ard", student, [teacher], temperature=T, alpha=a)
+    d = make(name, student, [teacher], temperature=T, alpha=a)
     rec = Recorder(x_adv)
     monkeypatch.setattr(d, "perturb", rec)
     t = teacher(x)
     out = d.losses(Batch(x, y, [t]))
     assert set(out) == {"kd_adv", "ce"}
-    # inner "kl": the attack is given the clean input and the teacher's (T = 1) probabilities as soft labels
     ((x_in, target),) = rec.calls
     assert x_in is x
-    torch.testing.assert_close(target.double(), softmax(t), rtol=1e-6, atol=1e-7)
+    if name == "ard":  # as published: the attack maximises CE with the hard labels
+        assert torch.equal(target, y)
+    else:  # the KL-inner variant: the teacher's (T = 1) probabilities as soft labels
+        torch.testing.assert_close(target.double(), softmax(t), rtol=1e-6, atol=1e-7)
     # KD on the adversarial example against the teacher on the clean input; CE on the clean input
     assert out["kd_adv"].item() == approx(a * hinton_kd(student(x_adv), t, T))
     assert out["ce"].item() == approx((1 - a) * ce(student(x), y))
 
 
-def test_ard_defaults_and_inner_ce(monkeypatch):
+def test_ard_defaults_are_the_papers(monkeypatch):
     x, y, student, teacher = fixed_pair()
     x_adv = (x + 0.03).clamp(0, 1)
     t = teacher(x)
+    assert METHODS.get("ard").defaults == {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean"}
     d = make("ard", student, [teacher])  # defaults: T = 30, alpha = 1 -> no CE term
-    monkeypatch.setattr(d, "perturb", Recorder(x_adv))
-    out = d.losses(Batch(x, y, [t]))
-    assert set(out) == {"kd_adv"}
-    # at T = 30 the KL is ~1e-3 and float32 cancellation in log p_t - log p_s costs ~2e-5 relative: rel 1e-4 here
-    assert out["kd_adv"].item() == pytest.approx(hinton_kd(student(x_adv), t, 30.0).item(), rel=1e-4)
-    d = make("ard", student, [teacher], inner="ce")
     rec = Recorder(x_adv)
     monkeypatch.setattr(d, "perturb", rec)
-    d.losses(Batch(x, y, [t]))
+    out = d.losses(Batch(x, y, [t]))
+    assert set(out) == {"kd_adv"}
     assert torch.equal(rec.calls[0][1], y)  # hard labels for the CE inner maximisation
-    d = make("ard", student, [teacher], inner="dlr")
-    monkeypatch.setattr(d, "perturb", Recorder(x_adv))
-    with pytest.raises(KdbenchError, match="inner"):
-        d.losses(Batch(x, y, [t]))
+    # at T = 30 the KL is ~1e-3 and float32 cancellation in log p_t - log p_s costs ~2e-5 relative: rel 1e-4 here
+    assert out["kd_adv"].item() == pytest.approx(hinton_kd(student(x_adv), t, 30.0).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ard", "ard-kl", "rslad"])
+def test_kl_reduction_mean_is_the_reference_codes_scale(monkeypatch, name):
+    """"mean" averages over batch x classes (the reference codes' KLDivLoss): 1/C of the batch mean."""
+    x, y, student, teacher = fixed_pair()  # C = 3 classes
+    x_adv = (x - 0.02).clamp(0, 1)
+    t = teacher(x)
+    outs = {}
+    for red in ("batchmean", "mean"):
+        d = make(name, student, [teacher], kl_reduction=red)
+        monkeypatch.setattr(d, "perturb", Recorder(x_adv))
+        outs[red] = d.losses(Batch(x, y, [t]))
+    for key in outs["mean"]:
+        assert outs["mean"][key].item() == pytest.approx(outs["batchmean"][key].item() / 3, rel=1e-5)
+
+
+def test_kl_reduction_is_checked_when_the_suite_is_read():
+    from kdbench.suite import parse_methods
+
+    with pytest.raises(KdbenchError, match="kl_reduction 'sum' is unknown; choose from: batchmean, mean"):
+        parse_methods({"rslad": {"kl_reduction": "sum"}})
+
+
+@pytest.mark.parametrize("name,train_mode", [("ard", True), ("ard-kl", False), ("rslad", False)])
+def test_attack_sees_the_student_in_the_reference_codes_mode(name, train_mode):
+    """ARD's reference code attacks the student in train mode; RSLAD's switches it to eval mode."""
+    torch.manual_seed(0)
+    student, teacher = build_model("cnn-small", INP), build_model("cnn-large", INP)
+    d = make(name, student, [teacher])
+    d.train()
+    seen = []
+    handle = student.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
+    try:
+        x = torch.rand(8, 1, 8, 8)
+        d.perturb(x, torch.zeros(8, dtype=torch.long))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {train_mode}
+    assert student.training  # and the student's own mode is restored
 
 
 @pytest.mark.parametrize("w", [5 / 6, 0.25])
@@ -435,7 +472,7 @@ def test_rslad_loss_on_a_given_adversarial_example(monkeypatch, w):
     assert METHODS.get("rslad").defaults["adv_weight"] == pytest.approx(5 / 6)
 
 
-@pytest.mark.parametrize("name", ["ard", "rslad"])
+@pytest.mark.parametrize("name", ["ard-kl", "rslad"])
 def test_adversarial_perturbation_is_bounded_and_raises_kl(name):
     gains = []
     for seed in range(3):

@@ -1,6 +1,8 @@
 """Worst-case aggregation and the sanity flags: each fires on a constructed case and stays silent on a clean one;
 end to end, a softmax-saturated model is caught and an undefended one is not."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -27,7 +29,9 @@ def clean_evidence():
         "acc": {"fgsm@0.1": 0.60, "pgd@0.1": 0.50, "apgd-dlr@0.1": 0.48},
         "zero_grad_fraction": 0.0,
         "median_logit_margin": 8.0,
-        "convergence": {"eps": "0.1", "robust": 0.45, "robust_with_strong_pgd": 0.44, "strong_pgd": 0.47},
+        "convergence": {"eps": "0.1", "robust": 0.45, "robust_with_strong_attack": 0.44, "attack": "apgd-dlr"},
+        "randomness": {"max_normalised_diff": 0.0, "examples": 200, "predictions_differ": 0},
+        "probability_outputs": {"rows_are_probabilities": False, "min": -3.0, "max": 9.0, "max_row_sum_error": 4.0},
         "unbounded": {"eps": "0.5", "acc": 0.0, "chance": 0.1},
         "blackbox": {"eps": "0.1", "examples": 0, "fraction": 0.0},
     }
@@ -37,7 +41,9 @@ FIRING = {
     "pgd-above-fgsm": lambda e: e["acc"].update({"pgd@0.1": 0.70, "apgd-dlr@0.1": 0.65}),
     "ce-above-margin": lambda e: e["acc"].update({"pgd@0.1": 0.59, "apgd-dlr@0.1": 0.30}),
     "zero-gradients": lambda e: e.update(zero_grad_fraction=0.6),
-    "not-converged": lambda e: e["convergence"].update(robust_with_strong_pgd=0.30),
+    "not-converged": lambda e: e["convergence"].update(robust_with_strong_attack=0.30),
+    "randomized-outputs": lambda e: e["randomness"].update(max_normalised_diff=0.01),
+    "probability-outputs": lambda e: e["probability_outputs"].update(rows_are_probabilities=True),
     "unbounded-not-broken": lambda e: e["unbounded"].update(acc=0.5),
     "blackbox-beats-whitebox": lambda e: e["blackbox"].update(examples=20, fraction=0.05),
 }
@@ -96,3 +102,79 @@ def test_undefended_model_raises_no_masking_flag(trained):
     assert "zero-gradients" not in flags and "ce-above-margin" not in flags
     assert "unbounded-not-broken" not in flags
     assert metrics["sweep@0.5"] <= 0.1
+
+
+class Randomized(nn.Module):
+    """Logits plus fresh noise at every call, in eval mode too (a randomised defence)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        z = self.inner(x)
+        return z + 0.5 * torch.randn_like(z)
+
+
+class Probabilities(nn.Module):
+    """A model that outputs softmax probabilities instead of logits."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).softmax(1)
+
+
+QUICK = EvalConfig(attacks=("fgsm",), eps=(0.1,), sweep_eps=(), corruptions=(), transfer=False, noise_families=())
+
+
+@pytest.mark.parametrize("wrapper,flag", [(Randomized, "randomized-outputs"), (Probabilities, "probability-outputs")])
+def test_output_checks_fire_on_such_models_and_not_on_logits(trained, wrapper, flag):
+    model, x, y = trained
+    _, flags, details = evaluate(wrapper(model).eval(), x[:64], y[:64], 10, QUICK, seed=1, headline_eps=0.1)
+    assert flag in flags and details[flag]
+    _, flags, _ = evaluate(model, x[:64], y[:64], 10, QUICK, seed=1, headline_eps=0.1)
+    assert flag not in flags
+
+
+def test_not_converged_reruns_the_strongest_attack(trained, monkeypatch):
+    """The convergence check re-runs the attack with the lowest accuracy (here APGD-DLR on a saturated model,
+    where PGD is useless), at twice its steps."""
+    import kdbench.evaluate as ev_mod
+
+    model, x, y = trained
+    calls = []
+    real = ev_mod.attack_correct
+
+    def spy(name, *args, **kw):
+        calls.append((name, args[4].apgd_steps))
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(ev_mod, "attack_correct", spy)
+    _, _, details = evaluate(Saturated(model).eval(), x[:100], y[:100], 10, EV, seed=1, headline_eps=0.1)
+    strong = [c for c in calls if c[1] == 2 * EV.apgd_steps]
+    assert strong and {n for n, _ in strong} == {"apgd-dlr"}
+
+
+def test_two_classes_skip_the_dlr_attacks_with_a_note(trained):
+    """With 2 classes the DLR losses (>= 3 classes) and targeted DLR (>= 4) cannot run: skipped and noted."""
+    model, x, y = trained
+    keep = (y == 0) | (y == 1)
+
+    class TwoClass(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)[:, :2]
+
+    cfg = dataclasses.replace(EV, attacks=("pgd", "apgd-dlr", "autoattack"), sweep_eps=(0.1, 0.5))
+    metrics, _, details = evaluate(TwoClass(model).eval(), x[keep][:40], y[keep][:40], 2, cfg, seed=1,
+                                   headline_eps=0.1)
+    assert "apgd-dlr@0.1" not in metrics and "autoattack@0.1" in metrics and "sweep@0.5" in metrics
+    assert "autoattack/apgd-t@0.1" not in metrics and "autoattack/fab-t@0.1" in metrics
+    notes = " | ".join(details["notes"])
+    assert "apgd-dlr: skipped" in notes and "apgd-t skipped" in notes

@@ -58,6 +58,7 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}  # parameter -> its allowed values (checked when a suite is read)
     teacher_kind: ClassVar[str | None] = "standard"  # None: the method uses no teacher
     pretrained_refused: ClassVar[str] = ""  # why a pretrained teacher cannot stand in for its teacher ("": it can)
     uses_teacher_logits: ClassVar[bool] = True
@@ -90,6 +91,12 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def trains_on(cls, params: dict[str, Any]) -> dict[str, str]:
+        """Corruptions that the method's training itself applies (their accuracies are not out-of-distribution
+        for it; the record marks them): corruption or noise family -> how it trains on it."""
+        return {}
+
+    @classmethod
     def teacher_specs(cls, params: dict[str, Any], arch: str, kind: str | None, seed: int) -> list[TeacherSpec]:
         """The teachers a job of this method needs (none when `kind` is None)."""
         return [] if kind is None else [TeacherSpec(arch, kind, seed)]
@@ -110,13 +117,24 @@ def register_method(name: str):
 
 # ---- shared loss pieces (one definition each; methods compose them) ------------------------------------
 
-def kl_soft(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(target || softmax(student / T)), averaged over the batch (sum over classes)."""
+# "batchmean": sum over classes, mean over the batch (the KL's definition); "mean": mean over batch x classes
+# (PyTorch's KLDivLoss default, used by the ARD and RSLAD reference codes; 1/C of "batchmean").
+KL_REDUCTIONS = ("batchmean", "mean")
+
+
+def kl_soft(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0,
+            reduction: str = "batchmean") -> torch.Tensor:
+    """KL(target || softmax(student / T)), reduced as `reduction` (one of KL_REDUCTIONS) says."""
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl reduction {reduction!r} is unknown; choose from: {', '.join(KL_REDUCTIONS)}")
     log_p = F.log_softmax(student_logits / temperature, dim=1)
+    if reduction == "mean":  # written out: PyTorch announces that its own "mean" will become "batchmean"
+        return F.kl_div(log_p, target_probs, reduction="sum") / log_p.numel()
     return F.kl_div(log_p, target_probs, reduction="batchmean")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al. 2015: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            reduction: str = "batchmean") -> torch.Tensor:
+    """Hinton et al. 2015: T^2 * KL(softmax(t/T) || softmax(s/T)), reduced as in `kl_soft`."""
     target = F.softmax(teacher_logits / temperature, dim=1)
-    return temperature**2 * kl_soft(student_logits, target, temperature)
+    return temperature**2 * kl_soft(student_logits, target, temperature, reduction)

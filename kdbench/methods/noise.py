@@ -21,6 +21,16 @@ class NoiseKD(Distiller):
     defaults = {"temperature": 4.0, "alpha": 0.9, "sigma": 0.1}
     uses_teacher_logits = False
 
+    @classmethod
+    def trains_on(cls, params):
+        from ..corruptions import CORRUPTIONS
+
+        sigma = params["sigma"]
+        levels = CORRUPTIONS.get("gaussian_noise").levels
+        near = min(range(len(levels)), key=lambda i: abs(levels[i] - sigma))
+        how = f"trains on x + N(0, {sigma:g}^2); gaussian_noise severity {near + 1} is sigma {levels[near]:g}"
+        return {"gaussian_noise": how, "noise/gaussian": how}
+
     def losses(self, batch: Batch):
         T, alpha = self.params["temperature"], self.params["alpha"]
         x = (batch.x + self.params["sigma"] * torch.randn_like(batch.x)).clamp(0.0, 1.0)

@@ -112,14 +112,16 @@ def pass_seconds(arch: str, device, batch: int, repeats: int = 3) -> dict:
     out = {}
     for name, fn in (("grad", grad_pass), ("nograd", forward)):
         fn()
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         out[name] = statistics.median(times) / batch
+        out[name + "_cpu"] = statistics.median(cpu) / batch  # CPU time: what an idle machine's wall time would be
     return out
 
 
@@ -127,7 +129,12 @@ def extrapolate(arch: str, device, batch: int, counted: dict | None = None) -> d
     """Per 1,000 images: counted passes per image x measured seconds per pass and image."""
     counted = counted or count_passes()
     per = pass_seconds(arch, device, batch)
-    per_image = counted["grad_passes_per_image"] * per["grad"] + counted["nograd_passes_per_image"] * per["nograd"]
+    def per_image(suffix=""):
+        return (counted["grad_passes_per_image"] * per["grad" + suffix]
+                + counted["nograd_passes_per_image"] * per["nograd" + suffix])
+
     return {"arch": arch, "device": str(device), "pass_batch": batch, "seconds_per_grad_pass": per["grad"],
-            "seconds_per_forward": per["nograd"], **counted, "per_1000_s": per_image * 1000,
+            "seconds_per_forward": per["nograd"], "cpu_seconds_per_grad_pass": per["grad_cpu"],
+            "cpu_seconds_per_forward": per["nograd_cpu"], **counted, "per_1000_s": per_image() * 1000,
+            "per_1000_cpu_s": per_image("_cpu") * 1000,
             "version": registered_version(), "how": "extrapolated: counted passes x measured pass times"}

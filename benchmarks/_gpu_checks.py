@@ -7,6 +7,7 @@ Registries are iterated, so a method, attack or corruption registered later is c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import tomllib
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from kdbench.attacks import ATTACKS, build_attack
 from kdbench.corruptions import CORRUPTIONS, corrupt
@@ -27,6 +29,7 @@ from kdbench.teachers import TEACHER_KINDS
 from kdbench.train import fit
 
 SETTINGS = ("bf16", "fp16", "off")
+FP16_STEPS = 20
 EPS = 8 / 255
 CIFAR = (3, 32, 32)
 INP = ModelInput(CIFAR, 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
@@ -120,8 +123,9 @@ def check_methods(device: torch.device, setting: str, size: Size) -> list[dict]:
         return [row("methods", j.label(), setting, True, f"skipped: {why}") for j in suite.jobs(True)]
     gpu, amp = suite.gpu, AUTOCAST_DTYPES[setting]
     # float16 starts at a loss scale of 2^16 and skips the steps whose gradients overflow while it halves the
-    # scale (as torch.amp.GradScaler does): give it the steps to come down before asking for an update
-    steps = max(4 * size.steps, 8) if setting == "fp16" else size.steps
+    # scale (as torch.amp.GradScaler does): give it the steps to come down before asking for an update (attention
+    # transfer, whose loss is weighted by 1000, needs more than 8 halvings)
+    steps = FP16_STEPS if setting == "fp16" else size.steps
     x, y = synthetic(size.batch * steps, device)
     out = []
     for job in suite.jobs(True):
@@ -150,10 +154,15 @@ def check_attacks(device: torch.device, setting: str, size: Size, ev: EvalConfig
     gpu = GpuConfig(autocast=setting)
     torch.manual_seed(0)
     model = place(build_model(size.student, INP), device, gpu)
+    # a few steps of training, so that predictions depend on the input and the attacks can break them (an untrained
+    # model predicts one class everywhere, and AutoAttack's Square would spend all its queries on it)
+    x_fit, y_fit = synthetic(64, device, seed=4)
+    cfg = all_methods_suite(size, setting).train
+    fit(model, list(model.parameters()), lambda idx, p: {"ce": F.cross_entropy(model(x_fit[idx]), y_fit[idx])}, 64, 10,
+        dataclasses.replace(cfg, optimizer="adam", lr=3e-3, batch_size=16), 0, device)
+    model.eval().requires_grad_(False)
     x, _ = synthetic(size.batch, device, seed=1)
     with torch.no_grad():
-        model.train()(x)  # batch-norm statistics of the data: predictions that depend on the input
-        model.eval().requires_grad_(False)
         y = model(x).argmax(1)  # labels the model gets right: the attacks have something to break
     out = []
     for name in ATTACKS.names():

@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="PGD steps (default: 20; 3 with --shape cifar)")
+    ap.add_argument("--archs", default=None, help="comma-separated architectures (default: both of the shape's)")
+    ap.add_argument("--batch", type=int, default=None, help="batch (--shape cifar only; default 128)")
+    ap.add_argument("--no-inner", action="store_true", help="leave out the adversarial-training inner loop")
     add_shape_arg(ap)
     args = ap.parse_args()
     cifar = args.shape == "cifar"
@@ -48,10 +51,12 @@ def main() -> None:
     k = args.steps or (3 if cifar else 20)
     warmup = 1 if cifar else 2
     eps, step = (8 / 255, 2 / 255) if cifar else (0.1, None)
-    data = bench_data(args.shape, 128, 128).to(args.device)
+    batch = args.batch or 128
+    data = bench_data(args.shape, batch, batch).to(args.device)
     inp = ModelInput(data.shape, 10, data.mean, data.std)
     ratios = []
-    for arch in ("resnet20", "resnet18") if cifar else ("cnn-small", "cnn-large"):
+    archs = args.archs.split(",") if args.archs else ("resnet20", "resnet18") if cifar else ("cnn-small", "cnn-large")
+    for arch in archs:
         torch.manual_seed(0)
         model = place(build_model(arch, inp), torch.device(args.device), None).eval()  # as a CPU run places it
         x, y = data.x_test, data.y_test
@@ -62,11 +67,13 @@ def main() -> None:
         print(f"evaluation PGD-{k}, {arch}, batch {len(x)}: attack {t_attack * 1e3:.1f} ms, "
               f"{k} fwd+bwd {t_floor * 1e3:.1f} ms, ratio {r:.3f}")
 
+        if args.no_inner:
+            continue
         # the adversarial-training inner loop: PGD on a training batch of a model in train mode
         cfg = TrainConfig(adv_eps=eps, adv_steps=k if cifar else 10, adv_step_size=step)
         model.train()
         inner = TEACHER_KINDS.get("adversarial").objective(model, {}, cfg)
-        xb, yb = data.x_train[:128 if cifar else 64], data.y_train[:128 if cifar else 64]
+        xb, yb = data.x_train[:batch if cifar else 64], data.y_train[:batch if cifar else 64]
 
         def floor_inner():  # the attack's passes (eval mode, as torchattacks runs it) + the training forward
             model.eval()

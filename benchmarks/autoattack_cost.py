@@ -49,7 +49,10 @@ def main() -> None:
         out["extrapolated"] = e = aa.extrapolate(args.arch, device, args.batch, counted)
         print(f"{args.arch} on the CPU ({args.threads} thread(s)), batch {args.batch}: {e['seconds_per_grad_pass'] * 1e3:.1f} "
               f"ms per image per gradient pass, {e['seconds_per_forward'] * 1e3:.1f} ms per forward")
-        print(f"EXTRAPOLATED: {e['per_1000_s']:,.0f} s ({e['per_1000_s'] / 3600:.1f} h) per 1,000 images")
+        print(f"  (CPU time: {e['cpu_seconds_per_grad_pass'] * 1e3:.1f} ms and {e['cpu_seconds_per_forward'] * 1e3:.1f} ms; "
+              f"on a machine busy with other work the wall time is longer)")
+        print(f"EXTRAPOLATED: {e['per_1000_s']:,.0f} s ({e['per_1000_s'] / 3600:.1f} h) per 1,000 images of wall time; "
+              f"{e['per_1000_cpu_s']:,.0f} s ({e['per_1000_cpu_s'] / 3600:.1f} h) of CPU time")
     if args.time_images or device.type == "cuda":
         out["timed"] = t = aa.time_autoattack(args.arch, device, args.time_images or 100)
         print(f"timed on {t['images']} images: {t['seconds']:.1f} s, {t['per_1000_s']:,.0f} s "

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py [--data-dir DIR] [--out gpu-check.json] [--tiny] [--skip SECTION ...]
 
-On a CUDA machine (in under 8 minutes on a current data-centre GPU; `--tiny` for a quick pass):
+On a CUDA machine (meant to finish in under 8 minutes on a current data-centre GPU; `--tiny` for a quick pass):
 - checks, under each `[gpu]` autocast setting (bf16, fp16 with loss scaling, off): every registered method and
   teacher kind trains a few steps (finite losses, the weights move), every registered attack gives valid
   adversarial examples, every corruption is valid and deterministic, the CIFAR-10 smoke suite runs end to end

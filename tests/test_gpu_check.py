@@ -1,6 +1,7 @@
-"""benchmarks/gpu_check.py in its tiny CPU mode: it covers every registered method (one registered here too),
-reports a method whose loss is not finite as a failed check with exit code 1, writes its JSON, prints its
-table, and rejects bad arguments with one line and exit code 2."""
+"""benchmarks/gpu_check.py in its tiny CPU mode, in two parts (the timings and AutoAttack's cost are left out to
+keep the tests short): it covers every registered method (one registered here too) and attack, reports a method
+whose loss is not finite as a failed check with exit code 1, runs the smoke suite, the corruptions and the
+determinism check, writes its JSON, prints its table, and rejects bad arguments with one line and exit code 2."""
 
 import json
 import sys

@@ -3,8 +3,9 @@
 AutoAttack runs each component on the examples that are still robust, so its cost depends on the model: it is
 highest for a model that nothing breaks. Both functions here measure that upper bound: the labels are the
 model's own predictions (every image correct) and eps is 1e-4 (too small to flip a prediction), so every
-component runs on every image at full strength. The attack is built through `kdbench.attacks.build_attack`
-with the robustness-cifar10 suite's `[eval]` table, so whatever `autoattack` is registered is what is measured.
+component runs on every image at full strength. The attack is built from kdbench's registry (`build_attack`, or
+an ensemble entry's components run each on the survivors, `_gpu_checks.attack_stages`) with the robustness-cifar10
+suite's `[eval]` table, so whatever `autoattack` is registered is what is measured.
 
 - `time_autoattack`: runs it and times it (the GPU, or a few images on the CPU).
 - `count_passes`: runs it on a small stand-in model and counts the images pushed through forward passes with
@@ -20,13 +21,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdbench.attacks import ATTACKS, build_attack
+from kdbench.attacks import ATTACKS
 from kdbench.fold import fold_batch_norm
 from kdbench.gpu import full_precision, place
 from kdbench.models import build_model
 from kdbench.suite import load_suite
 
-from _gpu_checks import INP, synthetic
+from _gpu_checks import INP, attack_stages, run_on_survivors, synthetic
 
 EPS_ALL_SURVIVE = 1e-4
 
@@ -54,11 +55,11 @@ def time_autoattack(arch: str, device, n: int, batch: int = 500) -> dict:
     """Seconds of the registered AutoAttack on `n` images that every component attacks; per 1,000 images."""
     model, x, y = _victim(arch, device, n)
     ev = load_suite("robustness-cifar10").eval
-    attack = build_attack("autoattack", model, EPS_ALL_SURVIVE, ev, 0, 10)
+    stages = attack_stages("autoattack", model, EPS_ALL_SURVIVE, ev, 0)
     _sync(device)
     t0 = time.perf_counter()
     with full_precision(x):
-        advs = [attack(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+        advs = [run_on_survivors(stages, model, x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
     _sync(device)
     seconds = time.perf_counter() - t0
     with torch.no_grad():
@@ -87,7 +88,7 @@ def count_passes(n: int = 4, stand_in: str = "cnn-small") -> dict:
     counter = _Counter(model)
     try:
         with full_precision(x):
-            adv = build_attack("autoattack", model, EPS_ALL_SURVIVE, ev, 0, 10)(x, y)
+            adv = run_on_survivors(attack_stages("autoattack", model, EPS_ALL_SURVIVE, ev, 0), model, x, y)
     finally:
         counter.handle.remove()
     with torch.no_grad():

@@ -148,6 +148,32 @@ def check_methods(device: torch.device, setting: str, size: Size) -> list[dict]:
     return out
 
 
+def attack_stages(name: str, model, eps: float, ev: EvalConfig, seed: int, num_classes: int = 10) -> list:
+    """[(label, attack)] that the registered attack `name` runs: itself, or, for an ensemble entry (one with
+    `components`, as AutoAttack run component by component), each component it applies at `num_classes`."""
+    comps = [c for c in getattr(ATTACKS.get(name), "components", ()) if num_classes >= getattr(c, "min_classes", 2)]
+    if not comps:
+        return [(name, build_attack(name, model, eps, ev, seed, num_classes))]
+    return [(f"{name}/{c.name}", c.build(model, eps, seed, num_classes)) for c in comps]
+
+
+def run_on_survivors(stages: list, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Adversarial examples after every stage in order, each attacking only the examples still classified
+    correctly (an example never broken keeps its input)."""
+    x_adv = x.clone()
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    for _, attack in stages:
+        idx = torch.nonzero(ok).flatten()
+        if len(idx) == 0:
+            break
+        found = attack(x[idx], y[idx]).detach()
+        x_adv[idx] = found
+        with torch.no_grad():
+            ok[idx] = model(found).argmax(1) == y[idx]
+    return x_adv
+
+
 def check_attacks(device: torch.device, setting: str, size: Size, ev: EvalConfig) -> list[dict]:
     """Every registered attack on a model placed as `setting` places it (attacks run in float32): adversarial
     examples of the input's shape, device and dtype, finite, in [0, 1], within eps, accuracy <= clean."""
@@ -170,7 +196,7 @@ def check_attacks(device: torch.device, setting: str, size: Size, ev: EvalConfig
         try:
             torch.manual_seed(0)
             with full_precision(x):
-                x_adv = build_attack(name, model, EPS, ev, 0, 10)(x, y)
+                x_adv = run_on_survivors(attack_stages(name, model, EPS, ev, 0), model, x, y)
             with torch.no_grad():
                 acc = (model(x_adv).argmax(1) == y).float().mean().item()
             problems = [p for p, bad in (

@@ -9,7 +9,6 @@ batch-norm-folded copy, in float32, as `evaluate` runs them.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -228,7 +227,3 @@ def gpu_estimate(utilizations=(0.5, 0.35, 0.2)) -> dict:
 
 def fmt_hours(h: float) -> str:
     return f"{h:,.0f} h" if h >= 10 else f"{h:.1f} h" if h >= 0.1 else f"{h * 3600:.0f} s"
-
-
-def finite(rows) -> bool:
-    return all(math.isfinite(r["seconds"]) for r in rows)

@@ -5,8 +5,8 @@
 AutoAttack runs each component (APGD-CE, APGD-T, FAB-T, Square) only on the examples still robust after the
 previous ones, so its cost depends on the model; this reports the upper bound, a model that nothing breaks
 (every component runs on every image; see _autoattack_cost.py). The attack is whatever kdbench registers as
-`autoattack` (built through `kdbench.attacks.build_attack` with robustness-cifar10's `[eval]` table); its
-summary is printed.
+`autoattack` (built from the registry with robustness-cifar10's `[eval]` table; an entry with `components` runs
+each on the survivors); its summary is printed.
 
 On a CPU a full AutoAttack through a ResNet-18 takes minutes per image, so the figure is extrapolated: the
 forward passes per image (with and without an input gradient) are counted on a small stand-in model, and

@@ -1,7 +1,10 @@
 """The `ce` epoch (kdbench's training loop: tensors on the device, index-slice batches, no DataLoader
 workers) vs the sum of its forward+backward passes on the same batches. Target: at most 1.10x.
 
-    python benchmarks/data_pipeline.py [--quick]
+    python benchmarks/data_pipeline.py [--quick] [--shape cifar]
+`--shape cifar`: synthetic 3x32x32 images (256 training images), a ResNet-20, robustness-cifar10's [train]
+table (SGD, batch 128) and its augmentation (random crop and flip, on the batch, as a run does), in samples of
+one epoch; the passes it is compared with see un-augmented batches, so the ratio includes the augmentation.
 The last line printed is the ratio.
 """
 
@@ -16,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import default_train_config, paired_ratio, ratio_line  # noqa: E402
+from _timing import add_shape_arg, bench_data, default_train_config, paired_ratio, ratio_line  # noqa: E402
 
-from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.augment import make_augmenter  # noqa: E402
 from kdbench.gpu import place  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.optim import FlatOptimizer  # noqa: E402
@@ -26,24 +29,29 @@ from kdbench.train import fit  # noqa: E402
 
 
 CPU = torch.device("cpu")
-EPOCHS_PER_SAMPLE = 3  # each timed sample is 3 epochs: a 0.1 s epoch alone is at the mercy of machine noise
+EPOCHS_PER_SAMPLE = {"digits": 3, "cifar": 1}  # 3 for digits: a 0.1 s epoch alone is at the mercy of machine noise
+ARCH = {"digits": "cnn-small", "cifar": "resnet20"}
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a job's threads in a default run)")
-    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: the default suite's)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="training batch (default: the suite's, robustness or robustness-cifar10)")
+    add_shape_arg(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_data(DataConfig())
+    data = bench_data(args.shape)
     x, y = data.x_train, data.y_train
-    model = place(build_model("cnn-small", ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)  # as a run does
-    cfg = default_train_config(args.batch_size)
+    model = place(build_model(ARCH[args.shape], ModelInput(data.shape, 10, data.mean, data.std)), CPU, None)  # as a run does
+    cfg = default_train_config(args.batch_size, args.shape)
     params = list(model.parameters())
+    k = EPOCHS_PER_SAMPLE[args.shape]
+    augment = make_augmenter(("random_crop", "horizontal_flip") if args.shape == "cifar" else (), 0, CPU)
+    batch = (lambda idx: x[idx]) if augment is None else (lambda idx: augment(x[idx]))
 
     def epoch():
-        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(x[idx]), y[idx])}, len(x), EPOCHS_PER_SAMPLE, cfg,
-            0, CPU)
+        fit(model, params, lambda idx, p: {"ce": F.cross_entropy(model(batch(idx)), y[idx])}, len(x), k, cfg, 0, CPU)
 
     bs = cfg.batch_size
     batches = [torch.arange(i, min(i + bs, len(x))) for i in range(0, len(x), bs)]
@@ -51,26 +59,25 @@ def main() -> None:
 
     def passes():  # only the forward and backward passes of the same batches
         model.train()
-        for idx in batches * EPOCHS_PER_SAMPLE:
+        for idx in batches * k:
             for p in params:
                 p.grad = None
             F.cross_entropy(model(x[idx]), y[idx]).backward()
 
     def passes_and_steps():  # the same passes, each followed by the optimizer step the epoch takes
         model.train()
-        opt = FlatOptimizer(params, cfg, len(batches) * EPOCHS_PER_SAMPLE)
-        for idx in batches * EPOCHS_PER_SAMPLE:
+        opt = FlatOptimizer(params, cfg, len(batches) * k)
+        for idx in batches * k:
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
         opt.release()
 
-    repeats = 3 if args.quick else 9
+    repeats = 3 if args.quick else 9 if args.shape == "digits" else 5
     r_opt, _, t_steps = paired_ratio(epoch, passes_and_steps, repeats)
     r, t_epoch, t_passes = paired_ratio(epoch, passes, repeats)
-    k = EPOCHS_PER_SAMPLE
-    print(f"ce epoch (batch {bs}) {t_epoch / k * 1e3:.1f} ms vs its {len(batches)} forward+backward passes "
-          f"{t_passes / k * 1e3:.1f} ms (the epoch adds shuffling, the optimizer step and the schedule; median of "
+    print(f"{ARCH[args.shape]} on {data.name} images: ce epoch (batch {bs}) {t_epoch / k * 1e3:.1f} ms vs its {len(batches)} forward+backward passes "
+          f"{t_passes / k * 1e3:.1f} ms (the epoch adds shuffling, {'augmentation, ' if augment else ''}the optimizer step and the schedule; median of "
           f"{repeats} samples of {k} epochs)")
     print(f"the same passes with their {cfg.optimizer} steps: {t_steps / k * 1e3:.1f} ms; ce epoch / those: "
           f"{r_opt:.3f} (what the data handling and the loop add beyond the optimizer)")

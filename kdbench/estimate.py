@@ -15,9 +15,9 @@ sanity checks included) and the corruption passes, timed as the evaluation runs 
 copy with batch norms folded, no weight gradients). Each attack runs only on the examples it has not broken
 at a smaller eps, which depends on the model: the steps counted are the geometric mean of two bounds, every
 example attacked at every eps and every example broken at the smallest eps, so within sqrt(upper / lower) of
-what a model that classifies its test examples correctly costs (at most sqrt(3) = 1.7x for the default suite's
-3 eps; exact with one eps). The numbers hold for the device the dry run ran on; they are an estimate, not a
-measurement of the suite.
+what a model that classifies its test examples correctly costs (about 1.7x for the default suite's 3 eps and
+its sweep; exact with one eps and no sweep beyond it). The numbers hold for the device the dry run ran on;
+they are an estimate, not a measurement of the suite.
 """
 
 from __future__ import annotations

@@ -153,13 +153,12 @@ def _classes_of(pre: PretrainedTeacher, arch_model, device) -> int | None:
     """The class count a checkpoint's last linear layer predicts (None when it cannot tell)."""
     from torch import nn
 
-    from .pretrained import _unwrap
-    from .runner import load_state_dict
+    from .pretrained import _unwrap, read_checkpoint
 
     heads = [n for n, m in arch_model.named_modules() if isinstance(m, nn.Linear)]
     if pre.source != "checkpoint" or not heads:
         return None
-    state = _unwrap(load_state_dict(Path(pre.ref), "cpu"), pre.ref)
+    state = _unwrap(read_checkpoint(Path(pre.ref), "cpu"), pre.ref)
     weight = state.get(f"{heads[-1]}.weight")
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 

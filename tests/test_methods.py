@@ -683,3 +683,15 @@ def test_defaults_documented_and_teacherless_specs(name):
         specs = cls.teacher_specs(dict(cls.defaults), "cnn-large", cls.teacher_kind, 1)
         # the first teacher is of the job's kind (the one its record names); a method may add others (mtard's clean one)
         assert specs and specs[0].kind == cls.teacher_kind
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_loads_from_a_suite_with_its_defaults(name):
+    """Each method's declared parameter choices name its own parameters, and the method loads from a suite table
+    with its defaults alone (what `[methods] name = {}` in a suite file does)."""
+    from kdbench.suite import parse_methods
+
+    cls = METHODS.get(name)
+    assert set(cls.choices) <= set(cls.defaults), f"{name}: choices for parameters it does not have"
+    (run,) = parse_methods({name: {}})
+    assert dict(run.params) == dict(cls.defaults)

@@ -25,7 +25,6 @@ from .base import KL_REDUCTIONS, Batch, Distiller, kd_loss, kl_soft, register_me
 
 class AdversarialDistiller(Distiller):
     teacher_kind = "adversarial"
-    choices = {"kl_reduction": KL_REDUCTIONS}
     attack_in_train_mode = False  # torchattacks' default: the attack sees the student in eval mode
 
     def __init__(self, student, teachers, params, ctx):
@@ -57,6 +56,7 @@ class ARD(AdversarialDistiller):
     """
 
     defaults = {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean"}
+    choices = {"kl_reduction": KL_REDUCTIONS}
     attack_in_train_mode = True
     baselines = ("ce", "at")
 
@@ -100,6 +100,7 @@ class RSLAD(AdversarialDistiller):
     """
 
     defaults = {"adv_weight": 5 / 6, "kl_reduction": "batchmean"}
+    choices = {"kl_reduction": KL_REDUCTIONS}
     baselines = ("ce", "at")
 
     def losses(self, batch: Batch):

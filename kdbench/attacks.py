@@ -43,6 +43,8 @@ class AttackDef:
     white_box: bool = True
     min_classes: int = 2
     components: tuple = ()  # an ensemble's autoattack.Component's, run in order, each on the survivors
+    checked: bool = True  # the regression gate (`check`) compares its metrics, `<name>@<eps>` (and its components')
+    grad_steps: Callable = lambda ev: ev.pgd_steps  # (eval config) -> gradient steps per example, for the dry run
 
 
 def _fgsm(model, eps, ev, seed, num_classes):
@@ -85,19 +87,22 @@ def _square(model, eps, ev, seed, num_classes):
                                loss="margin")
 
 
-ATTACKS.add("fgsm", AttackDef("FGSM, one step of eps on the CE loss", _fgsm))
+ATTACKS.add("fgsm", AttackDef("FGSM, one step of eps on the CE loss", _fgsm, grad_steps=lambda ev: 1))
 ATTACKS.add("pgd", AttackDef("PGD on the CE loss, pgd_steps steps of pgd_step_ratio*eps, random start", _pgd))
-ATTACKS.add("apgd-ce", AttackDef("APGD, CE loss, apgd_steps steps, 1 restart", _apgd("ce")))
+ATTACKS.add("apgd-ce", AttackDef("APGD, CE loss, apgd_steps steps, 1 restart", _apgd("ce"),
+                                 grad_steps=lambda ev: ev.apgd_steps))
 ATTACKS.add("apgd-dlr", AttackDef("APGD, DLR margin loss (scale-invariant), apgd_steps steps, 1 restart", _apgd("dlr"),
-                                  min_classes=3))
+                                  min_classes=3, grad_steps=lambda ev: ev.apgd_steps))
 ATTACKS.add("apgd-t", AttackDef("targeted APGD, targeted DLR loss, apgd_steps steps, 1 restart, 9 targets", _apgd_t,
-                                min_classes=4))
+                                min_classes=4, grad_steps=lambda ev: ev.apgd_steps * autoattack.REFERENCE_TARGETS))
 ATTACKS.add("pgd-rescaled", AttackDef("PGD on the CE of logits / max|logit| (unsaturated), as pgd", _pgd_rescaled))
 ATTACKS.add("square", AttackDef("Square attack (black-box), square_queries queries, margin loss", _square,
-                                white_box=False))
+                                white_box=False, grad_steps=lambda ev: ev.square_queries // 2))
 ATTACKS.add("autoattack", AttackDef("AutoAttack, reference strength: APGD-CE, APGD-T, FAB-T (100 steps, 9 targets), "
                                     "Square (5000 queries), each on the survivors; slow", None,
-                                    components=autoattack.STANDARD))
+                                    components=autoattack.STANDARD,
+                                    grad_steps=lambda ev: autoattack.REFERENCE_STEPS * (1 + 2 * autoattack.REFERENCE_TARGETS)
+                                    + autoattack.REFERENCE_QUERIES // 2))
 
 
 def run_attack(attack, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:

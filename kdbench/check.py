@@ -31,7 +31,18 @@ from .examples import masks_of
 from .machine import same_machine
 from .noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd, z_for
 
-CHECKED = re.compile(r"^(clean|mca|robust@.*|(fgsm|pgd|apgd-ce|apgd-dlr|square|autoattack|transfer)@.*)$")
+ALWAYS_CHECKED = re.compile(r"^(clean|mca|robust@.*|transfer@.*|noise-auc/.*)$")
+
+
+def is_checked(metric: str) -> bool:
+    """Whether the regression gate compares `metric`: clean, mca, the worst case, transfer, the noise-sweep AUCs,
+    and `<attack>@<eps>` (or `<attack>/<component>@<eps>`) of every attack whose registry entry says `checked`."""
+    if ALWAYS_CHECKED.match(metric):
+        return True
+    from .attacks import ATTACKS
+
+    attack = re.split(r"[@/]", metric, maxsplit=1)[0]
+    return "@" in metric and attack in ATTACKS and ATTACKS.get(attack).checked
 BASELINE_SCHEMA = 2
 ENV_KEYS = ("device", "threads", "torch", "torchattacks", "cpu", "gpu")
 
@@ -62,7 +73,7 @@ def baseline_from_records(records: list[dict], suite: str, headline_eps: float) 
         row["flags"] = sorted(set(row["flags"]) | set(r["flags"]))
         env = r.get("env") or {}
         row["seeds"][str(r["seed"])] = {
-            "metrics": {m: float(v) for m, v in sorted(r["metrics"].items()) if CHECKED.match(m)},
+            "metrics": {m: float(v) for m, v in sorted(r["metrics"].items()) if is_checked(m)},
             "env": {k: env.get(k) for k in ENV_KEYS}, "examples": r.get("examples")}
     return {"schema": BASELINE_SCHEMA, "suite": suite, "headline_eps": headline_eps, "rows": rows}
 

@@ -206,9 +206,10 @@ def eval_grad_steps(ev, broken_at_first: bool = False) -> int:
     """Gradient steps per test example of the evaluation: every example attacked at every eps (an upper bound),
     or (`broken_at_first`) every example broken at the smallest eps, so that no attack runs at a larger one
     (a lower bound for a model that classifies its test examples correctly)."""
-    per_attack = {"fgsm": 1, "pgd": ev.pgd_steps, "apgd-ce": ev.apgd_steps, "apgd-dlr": ev.apgd_steps,
-                  "square": ev.square_queries // 2, "autoattack": 4 * ev.apgd_steps + ev.square_queries // 2}
-    steps = (1 if broken_at_first else len(ev.eps)) * sum(per_attack.get(a, ev.pgd_steps) for a in ev.attacks)
+    from .attacks import ATTACKS
+
+    per_eps = sum(ATTACKS.get(a).grad_steps(ev) for a in ev.attacks)  # each attack's entry knows its cost
+    steps = (1 if broken_at_first else len(ev.eps)) * per_eps
     extra = [e for e in ev.sweep_eps if e not in ev.eps and not (broken_at_first and e > min(ev.eps))]
     steps += len(extra) * (ev.pgd_steps + ev.apgd_steps)
     if ev.sanity:

@@ -129,3 +129,38 @@ def test_evaluation_attacks_each_eps_only_on_the_examples_that_survived_the_smal
         # each call attacks exactly the survivors of the previous eps (clean-correct ones first)
         assert sizes == [round(metrics["clean"] * n), round(accs[0] * n), round(accs[1] * n)]
     assert metrics["pgd@0.03"] < metrics["clean"]  # and the attacks still break examples
+
+
+def test_a_new_attack_is_checked_and_costed_from_its_entry():
+    """Whether `check` compares an attack's metrics is a fact of its registry entry: a newly registered attack is
+    checked with no other edit, and one registered with checked=False is not."""
+    from kdbench.attacks import AttackDef
+    from kdbench.check import is_checked
+
+    from kdbench.estimate import eval_grad_steps
+
+    pgd = ATTACKS.get("pgd")
+    ev = EvalConfig(attacks=("pgd",), eps=(0.1,), sweep_eps=(), sanity=False)
+    ATTACKS.add("throwaway-pgd", AttackDef("PGD again, for a test", pgd.build, grad_steps=lambda e: 7 * e.pgd_steps))
+    ATTACKS.add("throwaway-unchecked", AttackDef("PGD again, unchecked", pgd.build, checked=False))
+    try:
+        assert is_checked("throwaway-pgd@0.1") and is_checked("throwaway-pgd/part@0.1")
+        assert not is_checked("throwaway-unchecked@0.1")
+        # and the dry run costs it from its entry
+        costed = EvalConfig(attacks=("pgd", "throwaway-pgd"), eps=(0.1,), sweep_eps=(), sanity=False)
+        assert eval_grad_steps(costed) - eval_grad_steps(ev) == 7 * ev.pgd_steps
+    finally:
+        del ATTACKS._entries["throwaway-pgd"], ATTACKS._entries["throwaway-unchecked"]
+    assert not is_checked("throwaway-pgd@0.1")  # unknown names are not metrics of an attack
+    for name in ("clean", "mca", "robust@0.1", "transfer@0.1", "noise-auc/gaussian", "pgd@0.1", "apgd-t@0.1",
+                 "autoattack/apgd-ce@0.1"):
+        assert is_checked(name), name
+    for name in ("corruption/jpeg/3", "sweep@0.5", "noise/gaussian/0.5", "relative_mca"):
+        assert not is_checked(name), name
+
+
+def test_a_subclassed_method_has_its_own_summary():
+    from kdbench.methods import METHODS
+
+    summaries = {e.name: e.summary for e in METHODS.entries()}
+    assert summaries["ard-kl"] != summaries["ard"]

@@ -108,7 +108,8 @@ def register_method(name: str):
     def add(cls):
         doc = (cls.__doc__ or "").strip()
         cls.name = name
-        cls.summary = cls.summary or (doc.splitlines()[0] if doc else "")
+        # its own summary or docstring, never one inherited from the class it extends
+        cls.summary = cls.__dict__.get("summary") or (doc.splitlines()[0] if doc else "")
         METHODS.add(name, cls, cls.summary)
         return cls
 

@@ -117,8 +117,18 @@ def test_adversarial_inner_loop_runs_in_float32_under_autocast(method):
     ctx = TrainContext(num_classes=10, input_shape=(1, 8, 8), epochs=1, adv_eps=0.1, adv_steps=2,
                        adv_step_size=0.05)
     distiller = METHODS.get(method)(student, [teacher], METHODS.get(method).defaults, ctx)
-    dtypes = []
-    hook = student.register_forward_hook(lambda m, i, out: dtypes.append((m.training, out.dtype)))
+    dtypes, attacking = [], []
+    perturb = distiller.perturb
+
+    def marked_perturb(*args):  # the student's passes inside the inner attack (in eval mode, or ARD's train mode)
+        attacking.append(True)
+        try:
+            return perturb(*args)
+        finally:
+            attacking.pop()
+
+    distiller.perturb = marked_perturb
+    hook = student.register_forward_hook(lambda m, i, out: dtypes.append((bool(attacking), out.dtype)))
     x = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         t = teacher(x)
@@ -126,8 +136,8 @@ def test_adversarial_inner_loop_runs_in_float32_under_autocast(method):
     with training_precision(torch.device("cpu"), torch.bfloat16):
         distiller.losses(Batch(x, torch.randint(0, 10, (8,)), [t]))
     hook.remove()
-    attack = [d for training, d in dtypes if not training]  # torchattacks runs the student in eval mode
-    train = [d for training, d in dtypes if training]
+    attack = [d for in_attack, d in dtypes if in_attack]
+    train = [d for in_attack, d in dtypes if not in_attack]
     assert attack and set(attack) == {torch.float32}
     assert train and set(train) == {torch.bfloat16}
 

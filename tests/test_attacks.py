@@ -107,17 +107,18 @@ def test_evaluation_attacks_each_eps_only_on_the_examples_that_survived_the_smal
     """`<attack>@<eps>`: eps run in increasing order (whatever the suite's order); an attack runs only on the
     examples it has not broken yet (clean-correct, and robust to it at every smaller eps), so per-attack
     accuracy never rises with eps and never exceeds clean accuracy."""
+    import kdbench.attacks as attacks_mod
     import kdbench.evaluate as ev_mod
 
     model, x, y = toy
     attacked = []  # (attack class, examples) per call
-    real = ev_mod.run_attack
+    real = attacks_mod.run_attack
 
     def counting(atk, xs, ys, bs, seed):
         attacked.append((type(atk).__name__, len(xs)))
         return real(atk, xs, ys, bs, seed)
 
-    monkeypatch.setattr(ev_mod, "run_attack", counting)
+    monkeypatch.setattr(attacks_mod, "run_attack", counting)  # every evaluation attack runs through it
     cfg = EvalConfig(attacks=("fgsm", "pgd"), eps=(0.2, 0.03, 0.08), pgd_steps=10, sweep_eps=(), corruptions=(),
                      sanity=False, transfer=False)
     metrics, _, _ = ev_mod.evaluate(model, x, y, 10, cfg, seed=1, headline_eps=0.08)

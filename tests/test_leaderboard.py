@@ -89,12 +89,13 @@ def test_leaderboard_content(results):
 
 
 def test_damaged_record_is_reported_and_skipped(results):
+    good = len(list((results / "robustness" / "records").glob("*.json")))
     bad = results / "robustness" / "records" / "0000000000000000.json"
     bad.write_text("{ not json")
     proc = run_cli("leaderboard", "--suite", "robustness", "--results", results)
     assert proc.returncode == 0
     assert str(bad) in proc.stderr and "not valid JSON" in proc.stderr
-    assert "42 records" in proc.stdout
+    assert good > 0 and f"{good} records" in proc.stdout
 
 
 def test_merge_deduplicates_and_refuses_conflicts(tmp_path):
@@ -142,7 +143,10 @@ def _edit(results, method: str, seed: int, fn):
 def test_check_passes_on_its_baseline_and_catches_a_regression(results):
     assert _check(results, "--update-baseline").returncode == 0
     baseline = json.loads((results / "robustness" / "baseline.json").read_text())
-    assert baseline["suite"] == "robustness" and len(baseline["rows"]) == 14
+    records = [json.loads(p.read_text()) for p in (results / "robustness" / "records").glob("*.json")]
+    rows = {(r["role"], r["method"], r.get("teacher_kind"), json.dumps(r["method_params"], sort_keys=True))
+            for r in records}
+    assert baseline["suite"] == "robustness" and len(baseline["rows"]) == len(rows) > 0  # one per leaderboard row
     ok = _check(results)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "0 regressed" in ok.stdout

@@ -38,6 +38,7 @@ import _gpu_checks as checks  # noqa: E402
 import _gpu_timing as timing  # noqa: E402
 
 from kdbench.records import atomic_write_text  # noqa: E402
+from kdbench.runner import torch_threads  # noqa: E402
 
 SECTIONS = ("methods", "attacks", "corruptions", "determinism", "smoke", "timing", "autoattack", "estimate")
 
@@ -121,9 +122,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device(args.device if args.device.startswith("cuda") else "cuda" if cuda else "cpu")
+    threads = args.threads or (None if device.type == "cuda" else 1)
+    with torch_threads(threads):  # the caller's thread count is restored afterwards
+        return _main(args, device)
+
+
+def _main(args, device) -> int:
     tiny = args.tiny or device.type != "cuda"
-    if args.threads or device.type != "cuda":
-        torch.set_num_threads(args.threads or 1)
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if device.type != "cuda":
         print("CUDA is not available: running the same checks on the CPU at a tiny size (stand-in architectures); "

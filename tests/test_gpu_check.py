@@ -41,7 +41,7 @@ def test_tiny_mode_checks_every_method_and_reports_a_broken_one(tmp_path, capsys
     threads = torch.get_num_threads()
     code = gpu_check.main(["--device", "cpu", "--out", str(out), "--settings", "bf16", "--quiet",
                            "--skip", "smoke", "timing", "autoattack", "corruptions", "determinism"])
-    torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # it ran on one thread and gave the caller's setting back
     printed = capsys.readouterr().out
     assert code == 1  # the broken method fails the check
     results = json.loads(out.read_text())

@@ -10,7 +10,9 @@ from kdbench.suite import load_suite, parse_suite, with_overrides
 
 def test_default_suite_runs_every_registered_method():
     suite = load_suite("robustness")
-    assert {m.name for m in suite.methods} == set(METHODS.names())
+    # every registered method but ard-kl, a kdbench variant of ARD (its inner loss against ard's) kept out of the
+    # default suite for its running time (docs/methods-adversarial.md)
+    assert {m.name for m in suite.methods} == set(METHODS.names()) - {"ard-kl"}
     assert suite.seeds == (1, 2, 3)
     assert suite.data.name == "digits"
 

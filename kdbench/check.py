@@ -21,7 +21,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -29,20 +28,27 @@ import pandas as pd
 from .errors import KdbenchError
 from .examples import masks_of
 from .machine import same_machine
+from .metric_names import try_parse
 from .noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd, z_for
 
-ALWAYS_CHECKED = re.compile(r"^(clean|mca|robust@.*|transfer@.*|noise-auc/.*)$")
+# Metric kinds (metric_names.py) checked whatever the attacks' entries say: whole-test accuracies, the worst case
+# and transfer per eps, and the noise sweeps' areas under the curve.
+CHECKED_WHOLE, CHECKED_AT_EPS, CHECKED_FAMILIES = ("clean", "mca"), ("robust", "transfer"), ("noise-auc",)
 
 
 def is_checked(metric: str) -> bool:
     """Whether the regression gate compares `metric`: clean, mca, the worst case, transfer, the noise-sweep AUCs,
     and `<attack>@<eps>` (or `<attack>/<component>@<eps>`) of every attack whose registry entry says `checked`."""
-    if ALWAYS_CHECKED.match(metric):
+    name = try_parse(metric)
+    if name is None:
+        return False
+    if name.eps is None:
+        return name.kind in (CHECKED_FAMILIES if name.name else CHECKED_WHOLE)
+    if name.kind in CHECKED_AT_EPS:
         return True
     from .attacks import ATTACKS
 
-    attack = re.split(r"[@/]", metric, maxsplit=1)[0]
-    return "@" in metric and attack in ATTACKS and ATTACKS.get(attack).checked
+    return name.kind in ATTACKS and ATTACKS.get(name.kind).checked
 BASELINE_SCHEMA = 2
 ENV_KEYS = ("device", "threads", "torch", "torchattacks", "cpu", "gpu")
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import KdbenchError
+from .metric_names import in_family
 from .train import predict_logits
 
 STANDARD = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -97,9 +98,9 @@ def evaluate_cifar_c(model, folder: Path | None, data, severities, batch_size: i
             block = np.asarray(arr[(sev - 1) * n_full + index])
             x = torch.from_numpy(block).to(data.x_test.device).permute(0, 3, 1, 2).float().div_(255.0)
             acc = (predict_logits(model, x, batch_size).argmax(1) == y).float().mean().item()
-            metrics[f"cifar-c/{name}/{sev}"] = acc
+            metrics[in_family("cifar-c", name, sev)] = acc
             accs.append(acc)
-        metrics[f"cifar-c/{name}"] = sum(accs) / len(accs)
+        metrics[in_family("cifar-c", name)] = sum(accs) / len(accs)
         all_acc.extend(accs)
         if name in STANDARD:
             std_acc.extend(accs)

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .metric_names import in_family
 from .registry import Registry
 from .train import predict_logits
 
@@ -77,10 +78,6 @@ NOISE_FAMILIES.add("blur", NoiseFamily("Gaussian blur, sigma f * size / 2 px", _
 NOISE_FAMILIES.add("contrast", NoiseFamily("contrast scaled by 1 - f", _contrast))
 
 
-def fmt_level(f: float) -> str:
-    return f"{f:g}"
-
-
 def noise_sweep(model, x: torch.Tensor, y: torch.Tensor, ev, seed: int) -> dict[str, float]:
     """The metrics above for `ev.noise_families` x `ev.noise_levels` (none when either is empty)."""
     levels = sorted(ev.noise_levels)
@@ -96,9 +93,9 @@ def noise_sweep(model, x: torch.Tensor, y: torch.Tensor, ev, seed: int) -> dict[
             g = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + 7919 * i + int(f * 1e6))
             xc = fam.apply(x, f, s, g).clamp(0.0, 1.0)
             acc = (predict_logits(model, xc, ev.batch_size).argmax(1) == y).float().mean().item()
-            metrics[f"noise/{name}/{fmt_level(f)}"] = acc
+            metrics[in_family("noise", name, f)] = acc
             accs.append(acc)
         fs = [0.0] + levels
         area = sum((fs[j + 1] - fs[j]) * (accs[j + 1] + accs[j]) / 2 for j in range(len(levels)))
-        metrics[f"noise-auc/{name}"] = area / fs[-1]
+        metrics[in_family("noise-auc", name)] = area / fs[-1]
     return metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .metric_names import try_parse  # noqa: E402
 from .records import atomic_write_bytes  # noqa: E402
 
 
@@ -32,9 +32,9 @@ def _bars(means, stds) -> list[list[float]]:
 def _metric_columns(summary: pd.DataFrame, prefix: str) -> list[tuple[float, str]]:
     found = []
     for col in summary.columns:
-        m = re.fullmatch(re.escape(prefix) + r"@([0-9.eE+-]+):mean", col)
-        if m:
-            found.append((float(m.group(1)), col[: -len(":mean")]))
+        name = try_parse(col.removesuffix(":mean")) if col.endswith(":mean") else None
+        if name is not None and name.kind == prefix and name.eps is not None and name.part is None:
+            found.append((name.eps, col.removesuffix(":mean")))
     return sorted(found)
 
 
@@ -107,9 +107,9 @@ def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
 def _corruption_names(summary: pd.DataFrame) -> list[str]:
     names = []
     for col in summary.columns:
-        m = re.fullmatch(r"corruption/([^/]+)/([1-5]):mean", col)
-        if m and m.group(1) not in names:
-            names.append(m.group(1))
+        name = try_parse(col.removesuffix(":mean")) if col.endswith(":mean") else None
+        if name is not None and name.kind == "corruption" and name.level in ("1", "2", "3", "4", "5") and name.name not in names:
+            names.append(name.name)
     return names
 
 

@@ -18,14 +18,11 @@ import pandas as pd
 
 from .cards import CARDS_DIR, build_cards, card_file, group_key
 from .deltas import baselines_of, delta_columns
+from .metric_names import fmt_number
 from .records import atomic_write_text, load_records
 from .stats import mean_std
 
 GROUP = ["dataset", "pair", "role", "method", "teacher_kind", "params"]
-
-
-def fmt_eps(eps: float) -> str:
-    return f"{eps:g}"
 
 
 def row_label(method: str, teacher_kind, role: str) -> str:
@@ -87,7 +84,7 @@ def leaderboard_tables(summary: pd.DataFrame, headline_eps: float,
     by_key: dict[tuple, list[dict]] = {}
     for r in records or []:
         by_key.setdefault(group_key(r), []).append(r)
-    e = fmt_eps(headline_eps)
+    e = fmt_number(headline_eps)
     key = f"robust@{e}:mean"
     out = []
     if summary.empty:
@@ -144,7 +141,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def intro(headline_eps: float) -> str:
-    e = fmt_eps(headline_eps)
+    e = fmt_number(headline_eps)
     return (f"Ranked by robust@{e}: per-example worst case over every attack run at eps = {e} (L-inf, [0, 1] "
             "pixel scale). Cells are mean ± std over seeds, in % accuracy (the mean alone for one seed). "
             "'Δ vs <baseline>' is the paired difference in robust accuracy to the baseline rows a method is "

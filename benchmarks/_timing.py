@@ -65,7 +65,8 @@ def add_shape_arg(ap) -> None:
 def bench_data(shape: str, n_train: int = 256, n_test: int = 128):
     """The data of a benchmark: the bundled digits, or synthetic CIFAR-shaped images (3x32x32 in [0, 1], ten
     classes, as gpu_check.py makes them; the timings do not depend on the pixel values)."""
-    from kdbench.data import DataConfig, load_data, make_tensor_data
+    from kdbench.data import load_data
+    from kdbench.datasets import DataConfig, make_tensor_data
 
     if shape == "digits":
         return load_data(DataConfig())

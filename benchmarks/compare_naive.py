@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import ratio_line  # noqa: E402
 
 from kdbench.__main__ import local_workers  # noqa: E402
-from kdbench.data import DataConfig, load_data  # noqa: E402
+from kdbench.data import load_data  # noqa: E402
+from kdbench.datasets import DataConfig  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.records import load_records  # noqa: E402
 from kdbench.runner import run_suite  # noqa: E402

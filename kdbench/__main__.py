@@ -333,7 +333,7 @@ def cmd_reproduce(args) -> int:
 def cmd_list(args) -> int:
     from .attacks import ATTACKS
     from .corruptions import CORRUPTIONS
-    from .data import DATASETS
+    from .datasets import DATASETS
     from .methods import METHODS
     from .models import MODELS
     from .sanity import FLAGS

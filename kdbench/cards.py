@@ -18,15 +18,10 @@ import hashlib
 import json
 import re
 
+from .rows import group_key, row_label
+
 CARD_SCHEMA = 1
 CARDS_DIR = "cards"
-
-
-def group_key(record: dict) -> tuple:
-    """The leaderboard row a record belongs to (report.GROUP): dataset, pair, role, method, teacher kind,
-    method parameters."""
-    return (record["dataset"], record.get("pair", ""), record["role"], record["method"],
-            record.get("teacher_kind") or "", json.dumps(record.get("method_params", {}), sort_keys=True))
 
 
 def card_file(key: tuple) -> str:
@@ -135,7 +130,6 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
 
 def build_cards(records: list[dict], suite: str) -> dict[str, dict]:
     """Every row's card, keyed by its file (relative to the results folder)."""
-    from .report import row_label
 
     groups: dict[tuple, list[dict]] = {}
     for r in records:

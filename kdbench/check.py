@@ -30,6 +30,7 @@ from .examples import masks_of
 from .machine import same_machine
 from .metric_names import try_parse
 from .noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd, z_for
+from .rows import row_label
 
 # Metric kinds (metric_names.py) checked whatever the attacks' entries say: whole-test accuracies, the worst case
 # and transfer per eps, and the noise sweeps' areas under the curve.
@@ -68,7 +69,6 @@ def row_key(row) -> str:
 
 
 def baseline_from_records(records: list[dict], suite: str, headline_eps: float) -> dict:
-    from .report import row_label
 
     rows: dict = {}
     for r in sorted(records, key=lambda r: (str(r.get("job_id")))):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DATASETS, DataConfig, TensorData, make_tensor_data
+from .datasets import DATASETS, DataConfig, TensorData, make_tensor_data
 from .errors import KdbenchError
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DATASETS, TensorData, make_tensor_data
+from .datasets import DATASETS, DataConfig, TensorData, make_tensor_data
 from .errors import KdbenchError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -197,9 +197,22 @@ def load_folder(path: Path, name: str) -> TensorData:
 KINDS = {"npz": load_npz, "folder": load_folder}
 
 
-def _listed_only(cfg):  # pragma: no cover - user datasets are loaded through data.user_loader
-    raise KdbenchError(f"dataset {cfg.name!r}: give a path, e.g. npz:data/mine.npz")
+def entry_name(name: str) -> str:
+    """The registry entry that loads the dataset `name`: `npz:PATH` for `npz:/data/mine.npz`, else `name`."""
+    kind, sep, _ = name.partition(":")
+    return f"{kind}:PATH" if sep and kind in KINDS else name
 
 
-DATASETS.add("npz:PATH", _listed_only, "your own .npz: x_train, y_train, x_test, y_test (uint8 0-255 or float 0-1)")
-DATASETS.add("folder:PATH", _listed_only, "your own images, ImageFolder layout: PATH/train/<class>/*, PATH/test/<class>/*")
+def _user_loader(kind: str):
+    def load(cfg: DataConfig) -> TensorData:
+        kind_, sep, path = cfg.name.partition(":")
+        if not sep or kind_ != kind or path in ("", "PATH"):
+            raise KdbenchError(f"dataset {cfg.name!r}: give a path, e.g. {kind}:data/mine.{kind}")
+        return KINDS[kind](Path(path), cfg.name)
+    return load
+
+
+DATASETS.add("npz:PATH", _user_loader("npz"),
+             "your own .npz: x_train, y_train, x_test, y_test (uint8 0-255 or float 0-1)")
+DATASETS.add("folder:PATH", _user_loader("folder"),
+             "your own images, ImageFolder layout: PATH/train/<class>/*, PATH/test/<class>/*")

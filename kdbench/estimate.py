@@ -55,7 +55,7 @@ def data_shape(suite: Suite) -> DataShape:
     """Shape, classes and split sizes of the suite's data, without loading the images."""
     import numpy as np
 
-    from .data import load_data, user_loader
+    from .data import load_data, user_path
     from .datasets_torchvision import SETS
 
     cfg = suite.data
@@ -63,7 +63,7 @@ def data_shape(suite: Suite) -> DataShape:
         s = SETS[cfg.name]
         shape, k, n_tr, n_te = s.shape, s.num_classes, s.n_train, s.n_test
     elif cfg.name.startswith("npz:"):
-        with np.load(user_loader(cfg.name)[1], allow_pickle=False) as f:
+        with np.load(user_path(cfg.name), allow_pickle=False) as f:
             x = f["x_train"]
             n_tr, n_te, k = len(x), len(f["y_test"]), int(f["y_train"].max()) + 1
             dims = x.shape[1:]

@@ -107,7 +107,8 @@ def model_source(arch: str) -> str:
 
 
 def _row_card(folder: Path, record: dict) -> dict:
-    from .cards import build_cards, card_file, group_key
+    from .cards import build_cards, card_file
+    from .rows import group_key
     from .records import load_records
 
     records = load_records(folder)[0] or [record]

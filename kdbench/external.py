@@ -194,7 +194,7 @@ def load_model(pre: PretrainedTeacher, data, device, cache_dir: Path, gpu) -> to
 
 
 def external_job_id(target: Target, job, weights_sha: str) -> str:
-    from .data import config_dict
+    from .datasets import config_dict
     from .suite import PROTOCOL
 
     blob = {"protocol": PROTOCOL, "external": {"name": target.name, "source": target.model.source,

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cards import CARDS_DIR, build_cards, card_file, group_key
+from .cards import CARDS_DIR, build_cards, card_file
 from .deltas import baselines_of, delta_columns
 from .metric_names import fmt_number
 from .records import atomic_write_text, load_records
+from .rows import GROUP, group_key, row_label
 from .stats import mean_std
-
-GROUP = ["dataset", "pair", "role", "method", "teacher_kind", "params"]
-
-
-def row_label(method: str, teacher_kind, role: str) -> str:
-    if role == "teacher":
-        return f"teacher ({teacher_kind})"
-    if role == "external":  # a model evaluated with `kdbench evaluate` (external.py)
-        return f"{method} [external]"
-    return method if teacher_kind in (None, "standard") else f"{method} [{teacher_kind} teacher]"
-
 
 def summarize(records: list[dict]) -> pd.DataFrame:
     """One row per (dataset, pair, role, method, teacher kind, params): n seeds, mean and std of each metric."""

@@ -20,8 +20,8 @@ from .attacks import ATTACKS
 from .check import CheckConfig
 from .config import check_params, from_table, unknown_key_error
 from .corruptions import CORRUPTIONS
-from .data import DATASETS, DataConfig, resolve_data_config
-from .data import config_dict as data_config_dict
+from .data import resolve_data_config
+from .datasets import DATASETS, DataConfig, config_dict as data_config_dict
 from .errors import KdbenchError
 from .gpu import GpuConfig, check_gpu
 from .methods import METHODS, TeacherSpec

@@ -69,7 +69,8 @@ def trained_digits_model():
     """A small undefended CNN trained briefly on digits (CE, 10 epochs), in eval mode, and the digits data."""
     import torch
 
-    from kdbench.data import DataConfig, load_data
+    from kdbench.data import load_data
+    from kdbench.datasets import DataConfig
     from kdbench.models import ModelInput, build_model
     from kdbench.train import fit
 

@@ -10,7 +10,8 @@ import torch
 from conftest import run_main
 from fake_datasets import patch_cifar_checksums, write_cifar, write_cifar_c, write_mnist, write_png_folder
 
-from kdbench.data import DataConfig, config_dict, load_data, resolve_data_config
+from kdbench.data import load_data, resolve_data_config
+from kdbench.datasets import DataConfig, config_dict
 from kdbench.errors import KdbenchError
 
 

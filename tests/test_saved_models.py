@@ -29,7 +29,8 @@ def _header(leaderboard_md: str) -> list[str]:
 
 
 def _digits_input():
-    from kdbench.data import DataConfig, load_data
+    from kdbench.data import load_data
+    from kdbench.datasets import DataConfig
     from kdbench.models import ModelInput
 
     data = load_data(DataConfig())

@@ -20,7 +20,8 @@ EV = EvalConfig(attacks=("fgsm", "pgd", "apgd-ce", "apgd-dlr"), eps=(0.1,), pgd_
 
 @pytest.fixture(scope="module")
 def masked():
-    from kdbench.data import DataConfig, load_data
+    from kdbench.data import load_data
+    from kdbench.datasets import DataConfig
     from kdbench.models import ModelInput, build_model
     from kdbench.train import fit
 

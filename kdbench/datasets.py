@@ -43,15 +43,9 @@ class DataConfig:
                 raise KdbenchError(f"data.{key} must be >= 0 (0 = all), got {getattr(self, key)!r}")
 
 
-# fields added after the first release: left out of a job's config (and so of its id) at their defaults, so
-# the ids of existing jobs (and their records and cached teachers) do not change
-LATER_FIELDS = {"train_subset": 0, "test_subset": 0, "sha256": ""}
-
-
 def config_dict(cfg: DataConfig) -> dict:
-    """The data config as it enters job ids and teacher cache keys."""
-    d = dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    """The data config as it enters job and teacher configs (identity.digest makes their ids)."""
+    return dataclasses.asdict(cfg)
 
 
 @dataclass(frozen=True, eq=False)

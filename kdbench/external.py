@@ -21,7 +21,6 @@ dataset's inputs before anything is written: a bad input is one line and exit co
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import time
@@ -32,6 +31,7 @@ import torch
 
 from .errors import KdbenchError
 from .examples import pack_masks
+from .identity import digest
 from .pretrained import PretrainedTeacher, file_sha256
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -204,7 +204,7 @@ def external_job_id(target: Target, job, weights_sha: str) -> str:
             "data": config_dict(job.data), "eval": dataclasses.asdict(job.eval), "headline_eps": job.headline_eps,
             "seed": job.seed, "transfer": job.config() if target.transfer else None,
             "threads": torch.get_num_threads()}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    return digest(blob)
 
 
 def target_from_args(args, device, cache_dir: Path) -> Target:

@@ -8,8 +8,6 @@ reference job per teacher it uses (the teacher's own metrics, shown as reference
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,6 +22,7 @@ from .data import resolve_data_config
 from .datasets import DATASETS, DataConfig, config_dict as data_config_dict
 from .errors import KdbenchError
 from .gpu import GpuConfig, check_gpu
+from .identity import digest
 from .methods import METHODS, TeacherSpec
 from .models import MODELS
 from .noise_sweep import NOISE_FAMILIES
@@ -110,14 +109,8 @@ class Pair:
 
 
 def pair_config(pair: Pair) -> dict:
-    """The pair as it enters job ids (without `pretrained` and `ensemble` when there are none, so older ids are
-    unchanged)."""
-    d = dataclasses.asdict(pair)
-    if d["pretrained"] is None:
-        del d["pretrained"]
-    if not d["ensemble"]:
-        del d["ensemble"]
-    return d
+    """The pair as it enters job configs (identity.digest makes their ids)."""
+    return dataclasses.asdict(pair)
 
 
 def parse_pair(table: Any, where: str, base_dir: Path, dataset: str) -> Pair:
@@ -257,13 +250,13 @@ class Job:
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
             "headline_eps": self.headline_eps,
-            **({"gpu": dataclasses.asdict(self.gpu)} if self.gpu is not None else {}),
+            "gpu": dataclasses.asdict(self.gpu) if self.gpu is not None else None,
         }
 
     @property
     def job_id(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """identity.digest of `config()`: what determines the numbers, without data or checkpoint paths."""
+        return digest(self.config())
 
     def label(self) -> str:
         if self.is_teacher:
@@ -514,7 +507,7 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
             train=from_table(TrainConfig, config["train"], "config.train"),
             eval=from_table(EvalConfig, config["eval"], "config.eval"),
             headline_eps=config["headline_eps"],
-            gpu=check_gpu(from_table(GpuConfig, config["gpu"], "config.gpu")) if "gpu" in config else None,
+            gpu=check_gpu(from_table(GpuConfig, config["gpu"], "config.gpu")) if config.get("gpu") else None,
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise KdbenchError(f"the record's config is incomplete or malformed ({type(e).__name__}: {e})") from None

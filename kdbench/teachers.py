@@ -21,8 +21,6 @@ Each kind names the training settings beyond the common ones (epochs, optimiser,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +29,7 @@ import torchattacks
 
 from .gpu import full_precision
 from .methods.trades import TRADES_BETA, trades_attack, trades_terms
+from .identity import digest
 from .registry import Registry
 
 TEACHER_KINDS: Registry = Registry("teacher kind")
@@ -93,4 +92,5 @@ def cache_settings(kind_name: str, params: dict, train_cfg) -> tuple[dict, dict]
 
 
 def teacher_key(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """The teacher cache's key of a teacher config (identity.digest: content, never paths)."""
+    return digest(config)

@@ -24,7 +24,8 @@ from kdbench.evaluate import evaluate
 from kdbench.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place
 from kdbench.methods import METHODS, Batch, TrainContext
 from kdbench.models import ModelInput, build_model
-from kdbench.suite import REPO_BENCHMARKS, EvalConfig, parse_suite
+from kdbench.suite import REPO_BENCHMARKS, parse_suite
+from kdbench.suite_configs import EvalConfig
 from kdbench.teachers import TEACHER_KINDS
 from kdbench.train import fit
 

@@ -22,7 +22,8 @@ from kdbench.fold import fold_batch_norm
 from kdbench.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place, training_precision
 from kdbench.methods import METHODS
 from kdbench.models import build_model, count_macs
-from kdbench.suite import EvalConfig, load_suite, parse_suite
+from kdbench.suite import load_suite, parse_suite
+from kdbench.suite_configs import EvalConfig
 from kdbench.train import fit
 
 from _gpu_checks import EPS, INP, job_step, synthetic

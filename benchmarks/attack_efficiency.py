@@ -24,7 +24,7 @@ from _timing import add_shape_arg, bench_data, paired_ratio, ratio_line  # noqa:
 from kdbench.attacks import build_attack  # noqa: E402
 from kdbench.gpu import place  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
-from kdbench.suite import EvalConfig, TrainConfig  # noqa: E402
+from kdbench.suite_configs import EvalConfig, TrainConfig  # noqa: E402
 from kdbench.teachers import TEACHER_KINDS  # noqa: E402
 
 

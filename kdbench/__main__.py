@@ -301,7 +301,7 @@ def cmd_reproduce(args) -> int:
     from .records import validate_record
     from .gpu import configure_backend
     from .runner import Progress, Workspace, job_gpu, pick_device, run_job, torch_threads
-    from .suite import job_from_config
+    from .jobs import job_from_config
 
     try:
         record = json.loads(args.record.read_text(encoding="utf-8"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -29,8 +28,9 @@ from .errors import KdbenchError
 from .examples import masks_of
 from .machine import same_machine
 from .metric_names import try_parse
-from .noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd, z_for
+from .noise import FLOAT_NOISE, flip_rate, rerun_sd, z_for
 from .rows import row_label
+from .suite_configs import CheckConfig
 
 # Metric kinds (metric_names.py) checked whatever the attacks' entries say: whole-test accuracies, the worst case
 # and transfer per eps, and the noise sweeps' areas under the curve.
@@ -52,16 +52,6 @@ def is_checked(metric: str) -> bool:
     return name.kind in ATTACKS and ATTACKS.get(name.kind).checked
 BASELINE_SCHEMA = 2
 ENV_KEYS = ("device", "threads", "torch", "torchattacks", "cpu", "gpu")
-
-
-@dataclass(frozen=True)
-class CheckConfig:
-    """The `[check]` table of a suite file; the command line overrides it."""
-
-    k: float = 3.0  # fallback tolerance (baselines without per-example data): k standard errors of the seeds
-    floor: float = 0.02
-    tolerance: dict = field(default_factory=dict)  # metric name or glob -> absolute tolerance
-    alpha: float = ALPHA  # family-wise error of a check across machines
 
 
 def row_key(row) -> str:

@@ -24,9 +24,14 @@ CIFAR_SIZE = 32
 
 @dataclass(frozen=True)
 class Corruption:
+    """A registered corruption. `stream` numbers its random stream: the generator of (job seed, corruption,
+    severity) is seeded from it, so a corruption's numbers never depend on which others are registered or in
+    what order. A new corruption takes a number no other entry uses (the registry test checks it)."""
+
     summary: str
     levels: tuple  # CIFAR-10-C constants for severities 1..5
     apply: Callable  # (x, level, generator) -> x_corrupted
+    stream: int
 
     def __call__(self, x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
         if severity not in (1, 2, 3, 4, 5):
@@ -95,23 +100,27 @@ def _pixelate(x, factor, g):
 
 
 CORRUPTIONS.add("gaussian_noise", Corruption("x + N(0, sigma^2), sigma .04-.10", (0.04, 0.06, 0.08, 0.09, 0.10),
-                                             _gaussian_noise))
-CORRUPTIONS.add("shot_noise", Corruption("Poisson(x * lam) / lam, lam 500-50", (500, 250, 100, 75, 50), _shot_noise))
+                                             _gaussian_noise, stream=0))
+CORRUPTIONS.add("shot_noise", Corruption("Poisson(x * lam) / lam, lam 500-50", (500, 250, 100, 75, 50), _shot_noise,
+                                         stream=1))
 CORRUPTIONS.add("impulse_noise", Corruption("salt-and-pepper, amount .01-.07", (0.01, 0.02, 0.03, 0.05, 0.07),
-                                            _impulse_noise))
+                                            _impulse_noise, stream=2))
 CORRUPTIONS.add("speckle_noise", Corruption("x + x * N(0, sigma^2), sigma .06-.20", (0.06, 0.10, 0.12, 0.16, 0.20),
-                                            _speckle_noise))
+                                            _speckle_noise, stream=3))
 CORRUPTIONS.add("gaussian_blur", Corruption("Gaussian blur, sigma .4-1 px at 32x32 (scaled to the image size)",
-                                            (0.4, 0.6, 0.7, 0.8, 1.0), _gaussian_blur))
-CORRUPTIONS.add("contrast", Corruption("(x - mean) * c + mean, c .75-.15", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast))
-CORRUPTIONS.add("brightness", Corruption("V + c in HSV, c .05-.30", (0.05, 0.1, 0.15, 0.2, 0.3), _brightness))
-CORRUPTIONS.add("jpeg", Corruption("JPEG compression, quality 80-40", (80, 65, 58, 50, 40), _jpeg))
+                                            (0.4, 0.6, 0.7, 0.8, 1.0), _gaussian_blur, stream=4))
+CORRUPTIONS.add("contrast", Corruption("(x - mean) * c + mean, c .75-.15", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast,
+                                       stream=5))
+CORRUPTIONS.add("brightness", Corruption("V + c in HSV, c .05-.30", (0.05, 0.1, 0.15, 0.2, 0.3), _brightness,
+                                         stream=6))
+CORRUPTIONS.add("jpeg", Corruption("JPEG compression, quality 80-40", (80, 65, 58, 50, 40), _jpeg, stream=7))
 CORRUPTIONS.add("pixelate", Corruption("box (area) down-sample to .95-.65 of the size and back",
-                                       (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate))
+                                       (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate, stream=8))
 
 
 def corrupt(name: str, x: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
     """Corrupt a batch deterministically: the generator is seeded from (seed, corruption, severity)."""
     g = torch.Generator(device=x.device)
-    g.manual_seed(seed * 1_000_003 + CORRUPTIONS.names().index(name) * 101 + severity)
-    return CORRUPTIONS.get(name)(x, severity, g)
+    corruption = CORRUPTIONS.get(name)
+    g.manual_seed(seed * 1_000_003 + corruption.stream * 101 + severity)
+    return corruption(x, severity, g)

@@ -34,7 +34,8 @@ from .fold import fold_batch_norm
 from .gpu import place
 from .methods import METHODS, Batch, TrainContext
 from .models import ModelInput, build_model, count_params
-from .suite import Job, Suite
+from .jobs import Job
+from .suite import Suite
 from .teachers import TEACHER_KINDS
 
 MEASURE_REPEATS = 7

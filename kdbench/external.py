@@ -80,7 +80,7 @@ def from_record(path: Path, name: str, cache_dir: Path) -> Target:
     """The model of a record, with that record's protocol."""
     from .runner import teacher_config, teacher_path
     from .students import verified_weights
-    from .suite import job_from_config
+    from .jobs import job_from_config
     from .teachers import teacher_key
 
     record = read_record(path)
@@ -195,7 +195,7 @@ def load_model(pre: PretrainedTeacher, data, device, cache_dir: Path, gpu) -> to
 
 def external_job_id(target: Target, job, weights_sha: str) -> str:
     from .datasets import config_dict
-    from .suite import PROTOCOL
+    from .jobs import PROTOCOL
 
     blob = {"protocol": PROTOCOL, "external": {"name": target.name, "source": target.model.source,
                                                "ref": target.model.ref if target.model.source == "robustbench" else "",

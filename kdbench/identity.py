@@ -12,7 +12,7 @@ canonical JSON after `content_only` has removed where things live:
 
 So moving a data folder or a checkpoint, or merging results from another machine, keeps every id; changing a
 byte of the data or the weights changes them. What the numbers depend on by design (the evaluation protocol,
-`suite.PROTOCOL`) is a field of the config like any other.
+`jobs.PROTOCOL`) is a field of the config like any other.
 
 A field added to a config after ids were handed out would change every id (and a resume would re-run
 everything). NEUTRAL lists such fields with the value that means "not used": a field at that value is left out

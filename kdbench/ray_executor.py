@@ -48,7 +48,9 @@ from .runner import (
     train_teacher,
     trim_transfer,
 )
-from .suite import ExecutorConfig, Job, Suite, check_executor
+from .jobs import Job
+from .suite import Suite
+from .suite_configs import ExecutorConfig, check_executor
 from .teachers import teacher_key
 
 HEARTBEAT_SECONDS = 60.0  # a progress line at least this often while jobs run

@@ -19,13 +19,15 @@ import torch
 
 from . import data as data_mod
 from .augment import make_augmenter
+from .datasets import TensorData, config_dict
 from .evaluate import evaluate
 from .examples import pack_masks
 from .gpu import autocast_dtype, configure_backend, place
 from .methods import METHODS, Batch, TeacherSpec, TrainContext
 from .models import ModelInput, build_model, count_macs, count_params
+from .jobs import Job
 from .records import atomic_write_bytes, atomic_write_text, environment, load_records, utc_now, write_record
-from .suite import Job, Suite
+from .suite import Suite
 from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 from .train import fit, predict_logits, seed_everything
 from .transfer import shared_examples
@@ -83,7 +85,7 @@ class Workspace:
     def add_time(self, key: str, seconds: float) -> None:
         self.profile[key] = self.profile.get(key, 0.0) + seconds
 
-    def get_data(self, cfg) -> data_mod.TensorData:
+    def get_data(self, cfg) -> TensorData:
         if cfg not in self.data:
             t0 = time.perf_counter()
             self.data[cfg] = data_mod.load_data(cfg, self.data_dir, self.download).to(self.device)
@@ -115,7 +117,7 @@ def teacher_config(spec: TeacherSpec, job: Job, threads: int) -> dict:
     params, kind_train = cache_settings(spec.kind, dict(spec.params), t)  # the kind's own facts (teachers.py)
     # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
     # format 3: they train with optim.FlatOptimizer
-    cfg = {"format": 3, "data": data_mod.config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
+    cfg = {"format": 3, "data": config_dict(job.data), "arch": spec.arch, "kind": spec.kind,
            "params": params, "seed": spec.seed,
            "train": {"epochs": t.teacher_epochs, "batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr,
                      "momentum": t.momentum, "weight_decay": t.weight_decay, "schedule": t.schedule, **kind_train}}

@@ -14,126 +14,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .attacks import ATTACKS
-from .check import CheckConfig
 from .config import check_params, from_table, unknown_key_error
-from .corruptions import CORRUPTIONS
 from .data import resolve_data_config
-from .datasets import DATASETS, DataConfig, config_dict as data_config_dict
-from .errors import KdbenchError
+from .datasets import DATASETS, DataConfig
+from .errors import KdbenchError, choices_error
 from .gpu import GpuConfig, check_gpu
-from .identity import digest
+from .jobs import Job
 from .methods import METHODS, TeacherSpec
-from .models import MODELS
-from .noise_sweep import NOISE_FAMILIES
-from .optim import OPTIMIZERS, SCHEDULES
-from .pretrained import PretrainedTeacher, parse_teacher_table, stand_ins
+from .pretrained import stand_ins
+from .suite_configs import (CheckConfig, EvalConfig, ExecutorConfig, SaveConfig, TrainConfig, check_eps,
+                            check_executor, parse_check, parse_eval, parse_train)
+from .suite_pairs import Pair, parse_pair
 from .teachers import TEACHER_KINDS
 
 REPO_BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30  # student epochs
-    teacher_epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | constant
-    adv_eps: float = 0.1  # eps of adversarial training and adversarial distillation
-    adv_steps: int = 10
-    adv_step_size: float | None = None  # default 2.5 * adv_eps / adv_steps (Madry et al. 2018)
-
-    def step_size(self) -> float:
-        if self.adv_step_size is not None:
-            return self.adv_step_size
-        return 2.5 * self.adv_eps / max(self.adv_steps, 1)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    attacks: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
-    eps: tuple[float, ...] = (0.05, 0.1, 0.2)
-    pgd_steps: int = 20
-    pgd_step_ratio: float = 0.25  # PGD step size = ratio * eps
-    apgd_steps: int = 50
-    square_queries: int = 1000
-    transfer: bool = True  # PGD examples crafted on the teacher, evaluated on the student
-    sweep_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
-    corruptions: tuple[str, ...] = ("gaussian_noise",)
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    # noise-severity sweeps (noise_sweep.py): families and severities f in (0, 1]; `noise-auc/<family>`
-    noise_families: tuple[str, ...] = ("gaussian", "impulse", "blur", "contrast")
-    noise_levels: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-    sanity: bool = True
-    batch_size: int = 1024
-    # CIFAR-10-C / CIFAR-100-C corruptions read from `--corruptions-from DIR` (cifar_c.py): that flag fills in
-    # every corruption file of its folder, so records with and without them have different job ids. A suite
-    # file may name them to require the folder.
-    cifar_c: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """`[executor]`: what one job gets, on this machine or a Ray cluster (`run --executor ray`). Not part of job
-    ids. `cpus_per_job` is the torch threads of a job with either executor; they change its numbers in the last
-    bits, so records name them (`env.threads`) and CPU teachers are cached per thread count. `gpus_per_job` (Ray
-    only) may be a fraction (0.5: two jobs share a GPU)."""
-
-    cpus_per_job: int = 1  # CPUs per job: the job runs torch on that many threads
-    gpus_per_job: float = 0.0
-    max_retries: int = 2  # re-runs of a job whose worker process or node died, before it counts as failed
-
-
-@dataclass(frozen=True)
-class SaveConfig:
-    """`[save]`: what a run keeps besides its records. `students`: each student's weights as
-    students/<job_id>.pt beside its record (docs/models.md); off for grids too large to keep. Not part of job
-    ids: it changes no number."""
-
-    students: bool = True
-
-
-@dataclass(frozen=True)
-class Pair:
-    teacher: str
-    student: str
-    pretrained: PretrainedTeacher | None = None  # a teacher loaded, not trained (see pretrained.py)
-    ensemble: tuple[PretrainedTeacher, ...] = ()  # the further pretrained teachers of a list (multi-teacher)
-
-    def pretrained_teachers(self) -> tuple[PretrainedTeacher, ...]:
-        return () if self.pretrained is None else (self.pretrained, *self.ensemble)
-
-
-def pair_config(pair: Pair) -> dict:
-    """The pair as it enters job configs (identity.digest makes their ids)."""
-    return dataclasses.asdict(pair)
-
-
-def parse_pair(table: Any, where: str, base_dir: Path, dataset: str) -> Pair:
-    """`{teacher = "arch", student = "arch"}`, or a teacher table `{checkpoint = ..., arch = ..., kind = ...}` /
-    `{robustbench = ..., kind = ...}` for a teacher from elsewhere, or a list of such tables (several teachers)."""
-    if isinstance(table, dict):
-        for key in table:
-            if key not in ("teacher", "student"):
-                raise unknown_key_error(where, key, {"teacher", "student"})
-    teacher = table.get("teacher") if isinstance(table, dict) else None
-    if isinstance(teacher, list) and teacher and all(isinstance(t, dict) for t in teacher):
-        pres = [parse_teacher_table(t, f"{where}.teacher[{i}]", base_dir, dataset) for i, t in enumerate(teacher)]
-    elif isinstance(teacher, dict):
-        pres = [parse_teacher_table(teacher, f"{where}.teacher", base_dir, dataset)]
-    else:
-        pair = from_table(Pair, table, where)
-        MODELS.check(pair.teacher)
-        MODELS.check(pair.student)
-        return pair
-    name = "+".join(p.display_name() for p in pres)
-    pair = from_table(Pair, {**table, "teacher": name}, where)
-    MODELS.check(pair.student)
-    return dataclasses.replace(pair, pretrained=pres[0], ensemble=tuple(pres[1:]))
 
 
 def check_pretrained(suite: Suite) -> None:
@@ -193,79 +87,6 @@ class Suite:
         return list(teachers.values()) + students
 
 
-# What a job computes from its config, versioned: bumped when the same config would give different numbers, so
-# records of an older protocol never pass for new ones (their ids differ) and are re-run, not resumed.
-# 1: the first; 2: each attack runs only on the examples it has not broken at a smaller eps; 3: models in the
-# channels-last layout on the CPU, evaluation on a copy with batch norms folded (same functions, other last bits);
-# 4: training steps with optim.FlatOptimizer (Adam's and SGD's updates, in another order of float operations);
-# pretrained (checkpoint, RobustBench) teachers in the layout of trained ones (channels-last on the CPU);
-# 5: ARD as published (CE inner maximisation, student in train mode), the worst case adds the attacks that see
-# through gradient masking, the convergence check re-runs the strongest attack, AutoAttack at reference strength.
-PROTOCOL = 5
-
-
-@dataclass(frozen=True)
-class Job:
-    suite: str
-    data: DataConfig
-    pair: Pair
-    method: str  # a registered method, or "teacher" for a teacher's reference job
-    params: tuple[tuple[str, Any], ...]
-    teacher_kind: str | None
-    seed: int
-    train: TrainConfig
-    eval: EvalConfig
-    headline_eps: float
-    gpu: GpuConfig | None = None  # the [gpu] settings of a job that runs on CUDA; None on the CPU
-    save_student: bool = True  # keep the student's weights beside its record ([save] students); not in the id
-
-    @property
-    def is_teacher(self) -> bool:
-        return self.method == "teacher"
-
-    def teacher_specs(self) -> list[TeacherSpec]:
-        if self.is_teacher:
-            return [TeacherSpec(self.pair.teacher, self.teacher_kind, self.seed, self.params)]
-        cls = METHODS.get(self.method)
-        return cls.teacher_specs(dict(self.params), self.pair.teacher, self.teacher_kind, self.seed)
-
-    def stand_in(self, spec: TeacherSpec) -> PretrainedTeacher:
-        """The pretrained teacher loaded for the teacher `spec` of this job (its pair has pretrained teachers)."""
-        if self.is_teacher:
-            return self.pair.pretrained
-        specs = self.teacher_specs()
-        found = stand_ins(self.method, specs, self.pair.teacher, self.pair.pretrained_teachers(), self.label())
-        return dict(zip(specs, found))[spec]
-
-    def config(self) -> dict:
-        """Everything that determines the job's numbers (not the suite name): the hash input."""
-        return {
-            "protocol": PROTOCOL,
-            "data": data_config_dict(self.data),
-            "pair": pair_config(self.pair),
-            "method": self.method,
-            "params": dict(self.params),
-            "teacher_kind": self.teacher_kind,
-            "seed": self.seed,
-            "train": dataclasses.asdict(self.train),
-            "eval": dataclasses.asdict(self.eval),
-            "headline_eps": self.headline_eps,
-            "gpu": dataclasses.asdict(self.gpu) if self.gpu is not None else None,
-        }
-
-    @property
-    def job_id(self) -> str:
-        """identity.digest of `config()`: what determines the numbers, without data or checkpoint paths."""
-        return digest(self.config())
-
-    def label(self) -> str:
-        if self.is_teacher:
-            return f"teacher {self.pair.teacher} ({self.teacher_kind}) seed {self.seed}"
-        return f"{self.method} {self.pair.teacher}->{self.pair.student} seed {self.seed}"
-
-
-# ---- loading ----------------------------------------------------------------------------------------------
-
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
               "check", "executor", "gpu", "save"}
 
@@ -293,8 +114,6 @@ def resolve_suite_path(suite: str) -> Path:
         return path
     suites = builtin_suites()
     if suite not in suites:
-        from .errors import choices_error
-
         raise choices_error("suite", suite, suites)
     return suites[suite]
 
@@ -308,20 +127,6 @@ def load_suite(suite: str) -> Suite:
     except (OSError, UnicodeDecodeError) as e:
         raise KdbenchError(f"cannot read suite file {str(path)!r}: {e}") from None
     return parse_suite(doc, default_name=path.stem, source=str(path))
-
-
-def _check_eps(value: float, where: str) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise KdbenchError(f"{where} = {value!r} is outside [0, 1] (eps is in [0, 1] pixel scale)")
-    return value
-
-
-def _check_names(names, registry, where: str):
-    for name in names:
-        if name not in registry:
-            from .errors import choices_error
-
-            raise choices_error(registry.kind, name, registry.names()) from None
 
 
 def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Suite:
@@ -360,54 +165,17 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     if len(set(seeds)) != len(seeds):
         raise KdbenchError(f"seeds must be distinct, got {seeds!r}")
 
-    train = from_table(TrainConfig, doc.get("train"), "train")
-    if train.optimizer not in OPTIMIZERS:
-        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
-    if train.schedule not in SCHEDULES:
-        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
-    for key in ("epochs", "teacher_epochs", "batch_size"):
-        if getattr(train, key) < 1:
-            raise KdbenchError(f"train.{key} must be >= 1, got {getattr(train, key)!r}")
-    if train.adv_steps < 0:
-        raise KdbenchError(f"train.adv_steps must be >= 0, got {train.adv_steps!r}")
-    if not train.lr > 0:
-        raise KdbenchError(f"train.lr must be > 0, got {train.lr!r}")
-    _check_eps(train.adv_eps, "train.adv_eps")
-
-    ev = from_table(EvalConfig, doc.get("eval"), "eval")
-    _check_names(ev.attacks, ATTACKS, "eval.attacks")
-    _check_names(ev.corruptions, CORRUPTIONS, "eval.corruptions")
-    _check_names(ev.noise_families, NOISE_FAMILIES, "eval.noise_families")
-    for f in ev.noise_levels:
-        if isinstance(f, bool) or not 0.0 < f <= 1.0:
-            raise KdbenchError(f"eval.noise_levels: level {f!r} is outside (0, 1]")
-    for e in ev.eps:
-        _check_eps(e, "eval.eps")
-    for e in ev.sweep_eps:
-        _check_eps(e, "eval.sweep_eps")
-    for s in ev.severities:
-        if s not in (1, 2, 3, 4, 5):
-            raise KdbenchError(f"eval.severities: severity {s!r} is invalid; choose from: 1, 2, 3, 4, 5")
-    if not ev.eps:
-        raise KdbenchError("eval.eps must list at least one eps")
-    for key in ("pgd_steps", "apgd_steps", "square_queries", "batch_size"):
-        if getattr(ev, key) < 1:
-            raise KdbenchError(f"eval.{key} must be >= 1, got {getattr(ev, key)!r}")
-
+    train = parse_train(doc.get("train"))
+    ev = parse_eval(doc.get("eval"))
     headline = doc.get("headline_eps", 0.1 if 0.1 in ev.eps else ev.eps[len(ev.eps) // 2])
     if isinstance(headline, bool) or not isinstance(headline, (int, float)):
         raise KdbenchError(f"headline_eps must be a number, got {headline!r}")
-    headline = _check_eps(float(headline), "headline_eps")
+    headline = check_eps(float(headline), "headline_eps")
     if headline not in ev.eps:
         raise KdbenchError(f"headline_eps {headline!r} must be one of eval.eps: {', '.join(map(str, ev.eps))}")
 
     methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}))
-    check = from_table(CheckConfig, doc.get("check"), "check")
-    for key, tol in check.tolerance.items():
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-            raise KdbenchError(f"check.tolerance.{key} must be a number >= 0, got {tol!r}")
-    if not check.k >= 0 or not check.floor >= 0:
-        raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
+    check = parse_check(doc.get("check"))
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
     gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
     save = from_table(SaveConfig, doc.get("save"), "save")  # a non-boolean `students` is a one-line error
@@ -415,18 +183,6 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
                   executor, gpu, save)
     check_pretrained(suite)
     return suite
-
-
-def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorConfig:
-    """Resource settings in range (`where` names them in errors: the suite's table or the CLI's flags)."""
-    if cfg.cpus_per_job < 1:
-        raise KdbenchError(f"{where}cpus_per_job must be an integer >= 1, got {cfg.cpus_per_job!r}")
-    if not cfg.gpus_per_job >= 0 or (cfg.gpus_per_job > 1 and cfg.gpus_per_job != int(cfg.gpus_per_job)):
-        raise KdbenchError(f"{where}gpus_per_job must be >= 0 (a fraction of one GPU, or a whole number), "
-                           f"got {cfg.gpus_per_job!r}")
-    if cfg.max_retries < 0:
-        raise KdbenchError(f"{where}max_retries must be >= 0, got {cfg.max_retries!r}")
-    return cfg
 
 
 def parse_methods(table: Any) -> tuple[MethodRun, ...]:
@@ -474,40 +230,3 @@ def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[i
         suite = dataclasses.replace(suite, seeds=tuple(dict.fromkeys(seeds)))
     check_pretrained(suite)
     return suite
-
-
-def _pair_from_config(d: dict) -> Pair:
-    d = dict(d)
-    pre = d.pop("pretrained", None)
-    more = d.pop("ensemble", [])
-    pair = from_table(Pair, d, "config.pair")
-    if pre is None:
-        return pair
-    return dataclasses.replace(pair, pretrained=from_table(PretrainedTeacher, pre, "config.pair.pretrained"),
-                               ensemble=tuple(from_table(PretrainedTeacher, p, "config.pair.ensemble") for p in more))
-
-
-def job_from_config(config: dict, suite: str = "reproduce") -> Job:
-    """Rebuild the Job a record was produced by, from the `config` stored in the record (its hash must match)."""
-    from .errors import KdbenchError
-
-    protocol = config.get("protocol", 1) if isinstance(config, dict) else None
-    if protocol != PROTOCOL:
-        raise KdbenchError(f"the record was made by evaluation protocol {protocol!r}; this kdbench computes protocol "
-                           f"{PROTOCOL}, so its numbers would differ by design: re-run the suite instead")
-    try:
-        return Job(
-            suite=suite,
-            data=from_table(DataConfig, config["data"], "config.data"),
-            pair=_pair_from_config(config["pair"]),
-            method=config["method"],
-            params=tuple(sorted(config["params"].items())),
-            teacher_kind=config["teacher_kind"],
-            seed=config["seed"],
-            train=from_table(TrainConfig, config["train"], "config.train"),
-            eval=from_table(EvalConfig, config["eval"], "config.eval"),
-            headline_eps=config["headline_eps"],
-            gpu=check_gpu(from_table(GpuConfig, config["gpu"], "config.gpu")) if config.get("gpu") else None,
-        )
-    except (KeyError, TypeError, AttributeError) as e:
-        raise KdbenchError(f"the record's config is incomplete or malformed ({type(e).__name__}: {e})") from None

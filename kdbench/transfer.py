@@ -38,7 +38,7 @@ def transfer_config(job, threads: int) -> dict:
     """Everything the transfer examples of `job` depend on: its first teacher (the teacher cache's key, and a
     pretrained teacher's file and settings), its seed, its evaluation settings and the evaluation protocol."""
     from .runner import teacher_config
-    from .suite import PROTOCOL
+    from .jobs import PROTOCOL
     from .teachers import teacher_key
 
     spec = job.teacher_specs()[0]

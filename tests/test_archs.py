@@ -158,7 +158,7 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     assert not {j.job_id for j in changed.jobs()} & {j.job_id for j in jobs}
 
     # the record's config rebuilds the same job (reproduce)
-    from kdbench.suite import job_from_config
+    from kdbench.jobs import job_from_config
 
     rec = records["student"]
     assert job_from_config(json.loads(json.dumps(rec["config"]))).job_id == rec["job_id"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdbench.attacks import ATTACKS, build_attack, run_attack
-from kdbench.suite import EvalConfig
+from kdbench.suite_configs import EvalConfig
 from kdbench.train import predict_logits
 
 EPS = 0.1

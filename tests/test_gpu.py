@@ -14,7 +14,8 @@ from kdbench.gpu import GpuConfig, full_precision, place, training_precision
 from kdbench.methods import METHODS, Batch, TrainContext
 from kdbench.models import ModelInput, build_model
 from kdbench.runner import job_gpu, teacher_config
-from kdbench.suite import job_from_config, parse_suite
+from kdbench.jobs import job_from_config
+from kdbench.suite import parse_suite
 from kdbench.train import fit
 
 DOC = tomllib.loads(TINY_SUITE)

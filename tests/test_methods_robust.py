@@ -76,7 +76,7 @@ def test_trades_attack_is_tpgd_bounded_and_raises_self_kl():
 
 
 def test_trades_teacher_kind_and_its_cache_key():
-    from kdbench.suite import TrainConfig
+    from kdbench.suite_configs import TrainConfig
     from kdbench.teachers import TEACHER_KINDS, cache_settings
 
     kind = TEACHER_KINDS.get("trades")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdbench.noise_sweep import NOISE_FAMILIES, noise_sweep
-from kdbench.suite import EvalConfig
+from kdbench.suite_configs import EvalConfig
 
 LEVELS = (0.25, 0.5, 1.0)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from kdbench.errors import KdbenchError
 from kdbench.models import ModelInput, build_model
 from kdbench.optim import FlatOptimizer
-from kdbench.suite import TrainConfig
+from kdbench.suite_configs import TrainConfig
 
 INP = ModelInput((1, 8, 8), 10, (0.5,), (0.25,))
 

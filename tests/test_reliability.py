@@ -180,7 +180,8 @@ def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
 
 
 def test_reproduce_refuses_a_record_of_an_older_evaluation_protocol(tmp_path):
-    from kdbench.suite import PROTOCOL, load_suite
+    from kdbench.jobs import PROTOCOL
+    from kdbench.suite import load_suite
 
     suite = load_suite(str(_suite_file(tmp_path, "ce = {}")))
     job = suite.jobs()[0]
@@ -227,7 +228,7 @@ def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_co
 
 
 def test_a_diverging_loss_names_its_first_non_finite_step_and_the_epoch_means_are_exact():
-    from kdbench.suite import TrainConfig
+    from kdbench.suite_configs import TrainConfig
     from kdbench.train import TrainingDiverged, fit
 
     w = torch.nn.Parameter(torch.ones(1))

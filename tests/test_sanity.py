@@ -9,7 +9,7 @@ from torch import nn
 
 from kdbench.evaluate import evaluate, worst_case
 from kdbench.sanity import FLAGS, compute_flags
-from kdbench.suite import EvalConfig
+from kdbench.suite_configs import EvalConfig
 
 
 def test_worst_case_hand_built():

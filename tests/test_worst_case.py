@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from independent_attack import strong_robust
 from kdbench.evaluate import evaluate
-from kdbench.suite import EvalConfig
+from kdbench.suite_configs import EvalConfig
 
 T = 100.0
 # the default suite's attacks and budgets at its headline eps

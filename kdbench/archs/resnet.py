@@ -34,7 +34,12 @@ def resnet18(inp: ModelInput) -> nn.Module:
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the identity (or a 1x1 conv of the pre-activation)."""
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the identity (or a 1x1 conv of the pre-activation).
+
+    `shortcut_name` is the 1x1 conv's attribute, so its key in checkpoints: `shortcut` here, `convShortcut` in the
+    wide ResNets of the robustness literature (wide_resnet.py)."""
+
+    shortcut_name = "shortcut"
 
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
@@ -42,13 +47,13 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.shortcut = None
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+        projection = stride != 1 or c_in != c_out
+        setattr(self, self.shortcut_name, nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False) if projection else None)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
+        shortcut = getattr(self, self.shortcut_name)
+        skip = shortcut(out) if shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + skip

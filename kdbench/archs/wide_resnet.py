@@ -18,25 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MODELS, ModelInput, Normalize
+from .resnet import PreActBlock
 
 
-class BasicBlock(nn.Module):
-    """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, plus the identity or a 1x1 conv shortcut."""
+class BasicBlock(PreActBlock):
+    """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, plus the identity or a 1x1 conv shortcut, under
+    the attribute names of the reference WideResNet (so its checkpoints load)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.equal_in_out = c_in == c_out and stride == 1
-        self.convShortcut = None if self.equal_in_out else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
-
-    def forward(self, x):
-        pre = F.relu(self.bn1(x))
-        out = self.conv1(pre)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + (x if self.equal_in_out else self.convShortcut(pre))
+    shortcut_name = "convShortcut"
 
 
 class NetworkBlock(nn.Module):

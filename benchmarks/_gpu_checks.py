@@ -284,7 +284,7 @@ def check_smoke(device: torch.device, setting: str, size: Size, workdir: Path, d
     """The CIFAR-10 smoke suite end to end through `run_suite`: every job writes a record, no failures, every
     metric finite. On the CPU the `[gpu]` settings do not apply to a suite's jobs, so one run covers them."""
     from kdbench.records import load_records
-    from kdbench.runner import run_suite
+    from kdbench.driver import run_suite
 
     data = "cifar10"
     if data_dir is None:

@@ -30,7 +30,7 @@ from kdbench.data import load_data  # noqa: E402
 from kdbench.datasets import DataConfig  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402
 from kdbench.records import load_records  # noqa: E402
-from kdbench.runner import run_suite  # noqa: E402
+from kdbench.driver import run_suite  # noqa: E402
 from kdbench.suite import parse_suite  # noqa: E402
 
 METHODS = ("ce", "kd", "pointwise")

@@ -94,7 +94,8 @@ def _executor(args, suite):
                                       ("--max-retries", args.max_retries)) if v is not None]
         if given:
             raise KdbenchError(f"{', '.join(given)} only apply to --executor ray")
-        from .runner import pick_device, run_suite
+        from .driver import run_suite
+        from .gpu import pick_device
 
         device = pick_device(args.device)
         threads = args.cpus_per_job or suite.executor.cpus_per_job  # checked when the suite was loaded
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--device", default="auto")
     ck.add_argument("--cache-dir", type=Path)
     ck.add_argument("--quiet", action="store_true")
+    ck.add_argument("--no-save-students", action="store_true", help="with --run: keep no student weights")
     _add_data_args(ck)
     _add_executor_args(ck)
     return p
@@ -232,15 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .cifar_c import with_cifar_c
     from .report import console_table, write_reports
-    from .runner import pick_device
+    from .gpu import pick_device
     from .suite import load_suite, with_overrides
 
     # the CIFAR-C folder is checked here, and its corruptions enter the job ids (a dry run's too)
     suite = with_cifar_c(with_overrides(load_suite(args.suite), args.methods, args.seeds), args.corruptions_from)
-    if args.no_save_students:
-        import dataclasses
-
-        suite = dataclasses.replace(suite, save=dataclasses.replace(suite.save, students=False))
+    suite = _no_save_students(suite, args)
     out = args.out or Path("results") / suite.name
     run_suite = _executor(args, suite)  # checks the executor's flags (a dry run too)
     if args.dry_run:
@@ -264,6 +263,14 @@ def cmd_run(args) -> int:
     print(f"{result.ran} jobs run, {result.skipped} already done, {len(result.failed)} failed, "
           f"{result.seconds:.1f}s; results in {out}")
     return 1 if result.failed else 0
+
+
+def _no_save_students(suite, args):
+    """`suite` without student weights when --no-save-students says so."""
+    import dataclasses
+
+    return dataclasses.replace(suite, save=dataclasses.replace(suite.save, students=False)) if args.no_save_students \
+        else suite
 
 
 def _check_run_inputs(suite, args) -> None:
@@ -299,8 +306,10 @@ def cmd_reproduce(args) -> int:
     import tempfile
 
     from .records import validate_record
-    from .gpu import configure_backend
-    from .runner import Progress, Workspace, job_gpu, pick_device, run_job, torch_threads
+    from .gpu import configure_backend, job_gpu, pick_device
+    from .job import run_job
+    from .run_progress import Progress
+    from .workspace import Workspace, torch_threads
     from .jobs import job_from_config
 
     try:
@@ -398,7 +407,7 @@ def cmd_check(args) -> int:
     if args.run:
         from .cifar_c import with_cifar_c
 
-        suite = with_cifar_c(suite, args.corruptions_from)
+        suite = _no_save_students(with_cifar_c(suite, args.corruptions_from), args)
         run_suite = _executor(args, suite)
         _check_run_inputs(suite, args)
         result = run_suite(folder, cache_dir=args.cache_dir, quiet=args.quiet, **_data_kwargs(args))
@@ -443,7 +452,8 @@ def cmd_check(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import external
     from .report import write_reports
-    from .runner import default_cache_dir, pick_device
+    from .gpu import pick_device
+    from .workspace import default_cache_dir
 
     device = pick_device(args.device)
     cache_dir = args.cache_dir or default_cache_dir()

@@ -32,11 +32,12 @@ import torch.nn.functional as F
 
 from .fold import fold_batch_norm
 from .gpu import place
+from .job_cost import PassCounter as _PassCounter
+from .job_cost import teacher_passes
 from .methods import METHODS, Batch, TrainContext
 from .models import ModelInput, build_model, count_params
 from .jobs import Job
 from .suite import Suite
-from .teachers import TEACHER_KINDS
 
 MEASURE_REPEATS = 7
 MEASURE_BUDGET_S = 2.0
@@ -142,36 +143,6 @@ def _per_example(fn, batch: int, device) -> float:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return min(times) / batch
-
-
-class _PassCounter:
-    """Counts forward passes of a model (with and without autograd) through a hook on its first module."""
-
-    def __init__(self, model):
-        self.grad = self.nograd = 0
-        target = getattr(model, "normalize", model)
-        self.handle = target.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        if torch.is_grad_enabled():
-            self.grad += 1
-        else:
-            self.nograd += 1
-
-
-def teacher_passes(kind_name: str, params, train_cfg, channels: int = 1, num_classes: int = 10) -> int:
-    """Forward passes of one training step of a teacher of this kind (the inner attack's included), counted on a
-    stand-in model."""
-    shape = (channels, 8, 8)
-    inp = ModelInput(shape, num_classes, (0.5,) * channels, (0.25,) * channels)
-    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
-        x, y = torch.rand(4, *shape), torch.randint(0, num_classes, (4,))
-        model = build_model("cnn-small", inp)
-        kind = TEACHER_KINDS.get(kind_name)
-        counter = _PassCounter(model)
-        model.train()
-        kind.objective(model, {**kind.defaults, **dict(params)}, train_cfg)(x, y, 0.5)
-    return counter.grad + counter.nograd
 
 
 def count_passes(job: Job, ds: DataShape) -> dict:

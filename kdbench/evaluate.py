@@ -24,7 +24,6 @@ An attack that needs more classes than the dataset has (DLR: 3, targeted DLR: 4)
 from __future__ import annotations
 
 import time
-import zlib
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,8 @@ from torch import nn
 from . import worst_case as wc
 from .attacks import ATTACKS, attack_correct, build_attack, run_attack
 from .corruptions import corrupt
+from .eval_seeds import derived_seed as _seed
+from .eval_seeds import fmt_eps
 from .fold import fold_batch_norm
 from .noise_sweep import noise_sweep
 from .output_checks import output_evidence
@@ -41,14 +42,6 @@ from .transfer import craft_transfer
 from .train import predict_logits
 
 NOISE_DRAWS = 10  # random sign-noise draws of L-inf size eps per example
-
-
-def _seed(seed: int, *parts) -> int:
-    return (seed * 7919 + zlib.crc32("/".join(map(str, parts)).encode())) % 2**31
-
-
-def fmt_eps(eps: float) -> str:
-    return f"{eps:g}"
 
 
 def worst_case(masks: list[torch.Tensor]) -> torch.Tensor:

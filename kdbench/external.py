@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def infer_arch(path: Path) -> str:
 
 def from_record(path: Path, name: str, cache_dir: Path) -> Target:
     """The model of a record, with that record's protocol."""
-    from .runner import teacher_config, teacher_path
+    from .teacher_cache import teacher_config, teacher_path
     from .students import verified_weights
     from .jobs import job_from_config
     from .teachers import teacher_key
@@ -167,9 +166,8 @@ def load_model(pre: PretrainedTeacher, data, device, cache_dir: Path, gpu) -> to
     """`pre` loaded for `data` and placed like a trained model, after checking that it fits the dataset: its class
     count, and a forward pass on two test inputs that must give (2, classes) logits."""
     from .gpu import place
-    from .models import build_model
+    from .models import build_model, model_input
     from .pretrained import load_pretrained
-    from .runner import model_input
 
     inp = model_input(data)
     what = f"dataset {data.name!r} (inputs {tuple(data.shape)}, {data.num_classes} classes)"
@@ -238,8 +236,12 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
     (with the weights evaluated, students.py); a job whose record is there already is skipped. Returns the
     records written. Nothing is written before the model has loaded and fit the dataset."""
     from .records import environment, load_records, utc_now
-    from .runner import (Progress, Workspace, evaluate_job_model, get_teacher, job_gpu, record_result,
-                         teacher_summary, torch_threads)
+    from .gpu import job_gpu
+    from .job import evaluate_job_model, teacher_summary
+    from .run_output import record_result
+    from .run_progress import Progress
+    from .teacher_cache import get_teacher
+    from .workspace import Workspace, torch_threads
     from .safety import check_writable, results_lock
     from .students import attach_weights
     from .models import count_macs, count_params

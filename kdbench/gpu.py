@@ -71,3 +71,19 @@ def training_precision(device: torch.device, dtype: torch.dtype | None):
 def full_precision(x: torch.Tensor):
     """The context of an attack inside a training step: autocast off, whatever the step runs in."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The device of `--device NAME`: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise KdbenchError(f"device {name!r} requested but CUDA is not available; choose from: auto, cpu")
+        return torch.device(name)
+    raise KdbenchError(f"unknown device {name!r}; choose from: auto, cpu, cuda, cuda:N")
+
+
+def job_gpu(job, device: torch.device) -> GpuConfig | None:
+    """The [gpu] settings that apply to `job` on `device`: its own on CUDA, none on the CPU."""
+    return job.gpu if device.type == "cuda" else None

@@ -27,6 +27,11 @@ class ModelInput:
     std: tuple[float, ...]
 
 
+def model_input(data) -> ModelInput:
+    """The ModelInput of a dataset (data.TensorData: shape, classes, normalization)."""
+    return ModelInput(data.shape, data.num_classes, data.mean, data.std)
+
+
 class Normalize(nn.Module):
     """(x - mean) / std with per-channel constants, stored as buffers (part of the state dict)."""
 

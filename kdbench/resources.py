@@ -12,7 +12,7 @@ before anything runs (each architecture built once and run on one example to rea
 - activations: the largest model's layer outputs per example (summed over its layers, as a backward pass keeps
   them) times the larger of the training and evaluation batch, with a margin (`ACTIVATION_MARGIN`: backward
   passes of cnn-large, ResNet-18 and MobileNetV2 on the CPU used 0.8-1.3x that sum, measured);
-- transfer examples: one set per (teacher, seed), at most `runner.TRANSFER_BUDGET` kept.
+- transfer examples: one set per (teacher, seed), at most `transfer_cache.TRANSFER_BUDGET` kept.
 The available memory is /proc/meminfo's MemAvailable (else os.sysconf's available pages), lowered to a cgroup's
 limit where one is set (containers). The cap keeps the estimate of all workers within `MEMORY_SHARE` of it.
 `--workers N` is taken as given.
@@ -79,7 +79,7 @@ def model_size(arch: str, shape: tuple[int, int, int], num_classes: int) -> tupl
 def worker_memory(suite) -> WorkerMemory:
     """The peak memory of one worker running the jobs of `suite` (see the module docstring)."""
     from .estimate import data_shape
-    from .runner import TRANSFER_BUDGET
+    from .transfer_cache import TRANSFER_BUDGET
 
     ds = data_shape(suite)
     example = math.prod(ds.shape) * FLOAT

@@ -111,7 +111,7 @@ def write_suite(tmp_path, teacher: str, methods: str = "kd = {}") -> str:
 
 def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model):
     from kdbench.records import load_records
-    from kdbench.runner import run_suite
+    from kdbench.driver import run_suite
     from kdbench.suite import load_suite
     from kdbench.train import predict_logits
 
@@ -140,7 +140,9 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     assert records["teacher"]["method"] == "teacher:pretrained"
 
     # loaded in the layout of a trained teacher (channels-last on the CPU), frozen, in eval mode
-    from kdbench.runner import Progress, Workspace, get_teacher
+    from kdbench.run_progress import Progress
+    from kdbench.teacher_cache import get_teacher
+    from kdbench.workspace import Workspace
 
     job = jobs[1]
     loaded = get_teacher(job.teacher_specs()[0], job, Workspace(torch.device("cpu"), tmp_path / "cache"),
@@ -256,7 +258,7 @@ def fake_robustbench(monkeypatch, model):
 
 def test_robustbench_teacher_through_a_fake_loader(tmp_path, monkeypatch, trained_digits_model):
     from kdbench.records import load_records
-    from kdbench.runner import run_suite
+    from kdbench.driver import run_suite
     from kdbench.suite import load_suite
 
     teacher, _ = digits_teacher(trained_digits_model)

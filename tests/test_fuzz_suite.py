@@ -91,7 +91,7 @@ def test_cli_never_tracebacks_and_writes_nothing_on_bad_input(tmp_path, monkeypa
     """Through the CLI (training replaced by a stub): exit 0 for a valid suite, else 2 with one line."""
     import tomllib as _t  # noqa: F401
 
-    import kdbench.runner as runner
+    import kdbench.driver as runner
     from kdbench.__main__ import main
 
     def stub(suite, out, device, **kw):

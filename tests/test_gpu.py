@@ -13,7 +13,8 @@ from kdbench.errors import KdbenchError
 from kdbench.gpu import GpuConfig, full_precision, place, training_precision
 from kdbench.methods import METHODS, Batch, TrainContext
 from kdbench.models import ModelInput, build_model
-from kdbench.runner import job_gpu, teacher_config
+from kdbench.gpu import job_gpu
+from kdbench.teacher_cache import teacher_config
 from kdbench.jobs import job_from_config
 from kdbench.suite import parse_suite
 from kdbench.train import fit

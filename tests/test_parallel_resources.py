@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_SUITE, run_main
 from kdbench import resources
-from kdbench.runner import run_suite
+from kdbench.driver import run_suite
 from kdbench.suite import load_suite
 
 GIB = 2**30

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_SUITE, run_main
-from kdbench import pool_executor
+from kdbench import job_cost, pool_executor
 from kdbench.__main__ import local_workers
 from kdbench.methods import METHODS, Distiller
-from kdbench.runner import run_suite
+from kdbench.driver import run_suite
 from kdbench.suite import load_suite
 
 
@@ -45,7 +45,7 @@ def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path,
             assert got[job_id][key] == rec[key], (job_id, key)
         assert got[job_id]["env"]["threads"] == rec["env"]["threads"] == 1
     text = "".join(lines)
-    assert "2 workers" in text and f"2 worker processes ({how}ed)" in text and "[job 6/6]" in text
+    assert "2 workers" in text and f"2 worker processes ({how}ed)" in text and "[6/6 done" in text
     assert "2 teacher(s) to train first" in text
     # each teacher was trained once, by a worker, and cached by the driver: the same checkpoints
     for path in sorted((tmp_path / "cache-one" / "teachers").glob("*.pt")):
@@ -217,7 +217,7 @@ def test_worker_flags_are_checked(tmp_path, tiny_suite):
 def test_a_cpu_teacher_is_cached_per_thread_count(tiny_suite):
     """Threads change a CPU teacher's weights in the last bits: a teacher trained on 2 threads is never handed to
     a job that runs on 1 (its numbers would then depend on the cache's history)."""
-    from kdbench.runner import teacher_config
+    from kdbench.teacher_cache import teacher_config
     from kdbench.teachers import teacher_key
 
     job = next(j for j in load_suite(str(tiny_suite)).jobs() if not j.is_teacher and j.teacher_specs())
@@ -232,7 +232,7 @@ def test_teacher_cost_counts_the_inner_attack_of_an_adversarial_teacher():
     from kdbench.methods import TeacherSpec
 
     t = load_suite("robustness").train
-    assert pool_executor.teacher_cost(TeacherSpec("cnn-large", "standard", 1), t) == t.teacher_epochs
-    assert pool_executor.teacher_cost(TeacherSpec("cnn-large", "defensive", 1), t) == t.teacher_epochs
-    adv = pool_executor.teacher_cost(TeacherSpec("cnn-large", "adversarial", 1), t)
+    assert job_cost.teacher_cost(TeacherSpec("cnn-large", "standard", 1), t) == t.teacher_epochs
+    assert job_cost.teacher_cost(TeacherSpec("cnn-large", "defensive", 1), t) == t.teacher_epochs
+    adv = job_cost.teacher_cost(TeacherSpec("cnn-large", "adversarial", 1), t)
     assert adv == t.teacher_epochs * (1 + t.adv_steps)  # each step: the PGD steps, then the training pass

@@ -167,7 +167,10 @@ def test_methods_picked_on_the_command_line_are_checked_too(tmp_path):
 
 def test_multi_teacher_distils_from_each_teacher_of_a_list(tmp_path):
     from kdbench.records import load_records
-    from kdbench.runner import Progress, Workspace, get_teacher, run_suite
+    from kdbench.driver import run_suite
+    from kdbench.run_progress import Progress
+    from kdbench.teacher_cache import get_teacher
+    from kdbench.workspace import Workspace
     from kdbench.suite import with_overrides
 
     suite = _suite(tmp_path, f'[{_table("a", "standard")}, {_table("b", "standard")}]', "multi-teacher = {}\nce = {}")

@@ -119,8 +119,10 @@ def test_bad_corruptions_folder_is_one_line(tmp_path):
 
 def test_augmented_training_is_deterministic_and_computes_teacher_logits_per_batch(tmp_path, monkeypatch):
     """With augmentation the teacher's logits come per batch (never the cached clean ones); same seed, same run."""
-    from kdbench import runner
-    from kdbench.runner import Progress, Workspace, run_job
+    from kdbench import job as runner
+    from kdbench.job import run_job
+    from kdbench.run_progress import Progress
+    from kdbench.workspace import Workspace
     from kdbench.suite import parse_suite
 
     doc = {"dataset": "digits", "data": {"augment": ["random_crop", "horizontal_flip"]}, "seeds": [1],

@@ -5,7 +5,6 @@ edit."""
 import dataclasses
 
 import pytest
-import torch
 
 from kdbench.attacks import ATTACKS, AttackDef
 from kdbench.corruptions import CORRUPTIONS, Corruption

@@ -14,7 +14,7 @@ from conftest import TINY_SUITE, run_cli, run_main
 from kdbench.__main__ import main
 from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS, Distiller
-from kdbench.runner import load_state_dict
+from kdbench.checkpoints import load_state_dict
 from kdbench.safety import results_lock
 
 
@@ -204,7 +204,7 @@ def test_reproduce_rejects_a_non_record(tmp_path):
 
 def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_code(tmp_path):
     """A teacher checkpoint is loaded as a plain state dict: a pickle that would run code is refused."""
-    from kdbench.runner import teacher_config
+    from kdbench.teacher_cache import teacher_config
     from kdbench.suite import load_suite
     from kdbench.teachers import teacher_key
 

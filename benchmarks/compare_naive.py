@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import ratio_line  # noqa: E402
 
-from kdbench.__main__ import local_workers  # noqa: E402
+from kdbench.resources import local_workers  # noqa: E402
 from kdbench.data import load_data  # noqa: E402
 from kdbench.datasets import DataConfig  # noqa: E402
 from kdbench.models import ModelInput, build_model  # noqa: E402

@@ -200,3 +200,10 @@ def load_baseline(path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KdbenchError(f"baseline {str(path)!r} is not valid JSON: {e}") from None
+
+
+def write_baseline(path, baseline: dict) -> None:
+    """Store `baseline` (baseline_from_records) as the suite's baseline.json, atomically."""
+    from .atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n")

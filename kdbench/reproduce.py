@@ -5,6 +5,11 @@ expected to make (noise.py), and only a larger difference fails.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
+from .errors import KdbenchError
 from .machine import describe, differences
 from .noise import rerun_tolerances
 
@@ -39,3 +44,38 @@ def compare_rerun(record: dict, again: dict, tolerance: float | None) -> int:
     print(f"{len(rows)} metrics compared, {len(bad)} differ by more than expected (largest difference "
           f"{100 * worst:.1f} points)" + ("" if same_flags else "; the flags differ, which machine noise can do"))
     return 0 if not bad else 1
+
+
+def rerun_record(path: Path, device_name: str, cache_dir: Path | None, data_dir: Path | None,
+                 corruptions_from: Path | None, quiet: bool) -> tuple[dict, dict]:
+    """(the record at `path`, a re-run of its job on this machine with the record's thread count)."""
+    from .gpu import configure_backend, job_gpu, pick_device
+    from .job import run_job
+    from .jobs import job_from_config
+    from .records import validate_record
+    from .run_progress import Progress
+    from .workspace import Workspace, torch_threads
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KdbenchError(f"cannot read record {str(path)!r}: {e}") from None
+    problem = validate_record(record) or (None if "config" in record else "it stores no job config")
+    if problem:
+        raise KdbenchError(f"{str(path)!r} is not a kdbench record: {problem}")
+    if record["role"] == "external":
+        raise KdbenchError(f"{str(path)!r} is an external record: evaluate its model again with "
+                           "kdbench evaluate")
+    job = job_from_config(record["config"], record["suite"])
+    if job.job_id != record["job_id"]:
+        raise KdbenchError(f"the record's config hashes to {job.job_id}, not its job id {record['job_id']}: "
+                           "it was edited or written by an incompatible version")
+    device = pick_device(device_name)
+    configure_backend(job_gpu(job, device))
+    threads = record.get("env", {}).get("threads")  # the numbers depend on the threads the job ran on
+    with torch_threads(threads if isinstance(threads, int) and threads >= 1 else None):
+        with tempfile.TemporaryDirectory(prefix="kdbench-reproduce-") as tmp:
+            ws = Workspace(device, cache_dir or Path(tmp), data_dir=data_dir,
+                           corruptions_from=corruptions_from)
+            again = run_job(job, ws, Progress(1, quiet))
+    return record, again

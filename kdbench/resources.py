@@ -151,3 +151,15 @@ def memory_capped_workers(workers: int, suite, available: int | None = None) -> 
         return fits, (f"auto: memory for {fits} of the {workers} the cores allow, ~{_gib(need)} per worker of "
                       f"{_gib(available)} available; --workers N overrides")
     return workers, f"auto: by the cores; ~{_gib(need)} per worker of {_gib(available)} available"
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def local_workers(requested, device, cpus_per_job: int) -> int:
+    """How many jobs the local executor runs at once: `requested`, or for 'auto' (None) one per `cpus_per_job`
+    usable cores on the CPU and one on CUDA (a GPU is shared only when asked)."""
+    if requested not in (None, "auto"):
+        return requested
+    return 1 if device.type == "cuda" else max(1, usable_cores() // cpus_per_job)

@@ -49,9 +49,7 @@ def _progress_line(stderr: str) -> str:
 
 
 def test_the_progress_line_says_why_and_workers_n_overrides(tmp_path, tiny_suite, monkeypatch):
-    import kdbench.__main__ as cli
-
-    monkeypatch.setattr(cli, "usable_cores", lambda: 4)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 4)
     monkeypatch.setattr(resources, "available_memory", lambda: 600 * 2**20)  # room for one worker
     args = ["run", "--suite", tiny_suite, "--methods", "ce", "--cache-dir", tmp_path / "cache"]
     proc = run_main(*args, "--out", tmp_path / "auto")

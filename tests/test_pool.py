@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT, TINY_SUITE, run_main
 from kdbench import job_cost, pool_executor
-from kdbench.__main__ import local_workers
+from kdbench.resources import local_workers
 from kdbench.methods import METHODS, Distiller
 from kdbench.driver import run_suite
 from kdbench.suite import load_suite
@@ -195,9 +195,9 @@ def test_a_forked_worker_does_not_keep_the_results_lock(tmp_path):
 
 
 def test_auto_workers_follow_the_cores_and_the_threads_per_job(monkeypatch):
-    import kdbench.__main__ as cli
+    import kdbench.resources as resources
 
-    monkeypatch.setattr(cli, "usable_cores", lambda: 8)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 8)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert local_workers(None, cpu, 1) == 8 and local_workers("auto", cpu, 2) == 4
     assert local_workers("auto", cpu, 16) == 1  # never none

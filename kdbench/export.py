@@ -86,16 +86,26 @@ def _split_source(module) -> tuple[list[str], list[str]]:
 
 
 def model_source(arch: str) -> str:
-    """Standalone source of `arch`: models.py plus the module that registers `arch`, if another one."""
+    """Standalone source of `arch`: models.py, then the module that registers `arch` after the modules of its
+    package that it imports."""
     import importlib
 
     from . import models
 
     factory = models.MODELS.get(arch)
     modules = [models]
-    home = importlib.import_module(factory.__module__)
-    if home is not models:
-        modules.append(home)
+
+    def add(module):  # a module after the modules of its package it imports (`from .resnet import PreActBlock`)
+        if module in modules:
+            return
+        package = module.__name__.rpartition(".")[0]
+        for line in inspect.getsource(module).splitlines():
+            if line.startswith("from .") and not line.startswith(("from ..", "from . ")):
+                dep = importlib.import_module(f"{package}.{line.split()[1][1:]}")
+                add(dep)
+        modules.append(module)
+
+    add(importlib.import_module(factory.__module__))
     imports: list[str] = []
     parts = []
     for module in modules:

@@ -10,6 +10,7 @@ of the cost of re-running a finished suite.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 from pathlib import Path
@@ -149,15 +150,16 @@ def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float,
 
 
 STAMP = ".reports.json"
-REPORT_CODE = ("report.py", "plots.py", "html_report.py", "stats.py", "deltas.py", "paired.py", "cards.py")  # what the reports are computed by
+# what the reports are computed by: a change to any of them rebuilds the reports
+REPORT_CODE = ("kdbench.report", "kdbench.plots", "kdbench.html_report", "kdbench.stats", "kdbench.deltas",
+               "kdbench.paired", "kdbench.cards", "kdbench.rows", "kdbench.metric_names")
 
 
 def _inputs_key(records: list[dict], suite: str, headline_eps: float) -> str:
     methods = sorted({r["method"] for r in records})
     h = hashlib.sha256(json.dumps([suite, headline_eps, [baselines_of(m) for m in methods]]).encode())
-    here = Path(__file__).resolve().parent
     for name in REPORT_CODE:
-        h.update((here / name).read_bytes())
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
     for r in sorted(records, key=lambda r: str(r.get("job_id"))):
         h.update(json.dumps(r, sort_keys=True, default=str).encode())
     return h.hexdigest()

@@ -32,6 +32,7 @@ from torch import nn
 from . import worst_case as wc
 from .attacks import ATTACKS, attack_correct, build_attack, run_attack
 from .corruptions import corrupt
+from .eval_inputs import reuse
 from .eval_seeds import derived_seed as _seed
 from .eval_seeds import fmt_eps
 from .fold import fold_batch_norm
@@ -90,14 +91,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         return out
 
     metrics: dict[str, float] = {}
-    clean_ok = timed("clean", lambda: correct(model, x, y, bs))
+    clean_logits = timed("clean", lambda: predict_logits(model, x, bs))
+    clean_ok = clean_logits.argmax(1) == y
     metrics["clean"] = clean_ok.float().mean().item()
     evidence: dict = {"eps": [], "acc": {}}
     notes = [f"{n}: skipped, it needs >= {ATTACKS.get(n).min_classes} classes ({num_classes} here)"
              for n in ev.attacks if num_classes < ATTACKS.get(n).min_classes]
     attacks = tuple(n for n in ev.attacks if num_classes >= ATTACKS.get(n).min_classes)
     made_worst: dict[str, dict] = {}
-    zero_grad = timed("worst-case", lambda: (input_gradients(model, x, y, bs) < ZERO_GRAD_NORM).float().mean().item())
+    grad_norms = timed("worst-case", lambda: input_gradients(model, x, y, bs))
+    zero_grad = (grad_norms < ZERO_GRAD_NORM).float().mean().item()
     whitebox_ok: dict[float, torch.Tensor] = {}
     masks: dict[tuple[str, str], torch.Tensor] = {}  # (attack, eps) -> per-example correct
     robust_ok: dict[float, torch.Tensor] = {}
@@ -151,7 +154,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     timed("noise-sweep", lambda: metrics.update(noise_sweep(model, x, y, ev, seed)))
     if ev.sanity:
         timed("sanity", lambda: _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
-                                                 whitebox_ok, blackbox_ok, robust_ok, metrics, evidence, attacks))
+                                                 whitebox_ok, blackbox_ok, robust_ok, metrics, evidence, attacks,
+                                                 grad_norms, clean_logits))
         flags, details = compute_flags(evidence)
     else:
         flags, details = [], {}
@@ -210,7 +214,8 @@ def _corruptions(model, x, y, ev, seed, metrics):
     for name in ev.corruptions:
         accs = []
         for sev in ev.severities:
-            acc = correct(model, corrupt(name, x, sev, seed), y, ev.batch_size).float().mean().item()
+            xc = reuse(x, ("corruption", name, sev, seed), lambda: corrupt(name, x, sev, seed))
+            acc = correct(model, xc, y, ev.batch_size).float().mean().item()
             metrics[f"corruption/{name}/{sev}"] = acc
             accs.append(acc)
         metrics[f"corruption/{name}"] = sum(accs) / len(accs)
@@ -220,15 +225,14 @@ def _corruptions(model, x, y, ev, seed, metrics):
 
 
 def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok, whitebox_ok, blackbox_ok,
-                     robust_ok, metrics, evidence, attacks):
-    """Gather what the flags in sanity.py judge."""
+                     robust_ok, metrics, evidence, attacks, grad_norms, clean_logits):
+    """Gather what the flags in sanity.py judge. `grad_norms` and `clean_logits`: the L-inf norms of the input
+    gradients (`input_gradients`) and the logits on `x`, as evaluate computed them already."""
     bs = ev.batch_size
     evidence.update(output_evidence(model, x))
     # saturated softmax: input gradients that are exactly (numerically) zero
-    norms = input_gradients(model, x, y, bs)
-    evidence["zero_grad_fraction"] = (norms < ZERO_GRAD_NORM).float().mean().item()
-    logits = predict_logits(model, x, bs)
-    top2 = logits.topk(2, dim=1).values
+    evidence["zero_grad_fraction"] = (grad_norms < ZERO_GRAD_NORM).float().mean().item()
+    top2 = clean_logits.topk(2, dim=1).values
     evidence["median_logit_margin"] = (top2[:, 0] - top2[:, 1]).median().item()
 
     # convergence: does the strongest attack with twice the steps and restarts lower the reported worst case?

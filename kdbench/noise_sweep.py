@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .eval_inputs import reuse
 from .metric_names import in_family
 from .registry import Registry
 from .train import predict_logits
@@ -78,6 +79,12 @@ NOISE_FAMILIES.add("blur", NoiseFamily("Gaussian blur, sigma f * size / 2 px", _
 NOISE_FAMILIES.add("contrast", NoiseFamily("contrast scaled by 1 - f", _contrast))
 
 
+def _noisy(fam: NoiseFamily, x: torch.Tensor, f: float, s: float, seed: int, i: int) -> torch.Tensor:
+    """The images of family `fam` (the i-th of the sweep) at severity f, from their own seeded generator."""
+    g = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + 7919 * i + int(f * 1e6))
+    return fam.apply(x, f, s, g).clamp(0.0, 1.0)
+
+
 def noise_sweep(model, x: torch.Tensor, y: torch.Tensor, ev, seed: int) -> dict[str, float]:
     """The metrics above for `ev.noise_families` x `ev.noise_levels` (none when either is empty)."""
     levels = sorted(ev.noise_levels)
@@ -90,8 +97,7 @@ def noise_sweep(model, x: torch.Tensor, y: torch.Tensor, ev, seed: int) -> dict[
         fam = NOISE_FAMILIES.get(name)
         accs = [clean]
         for f in levels:
-            g = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + 7919 * i + int(f * 1e6))
-            xc = fam.apply(x, f, s, g).clamp(0.0, 1.0)
+            xc = reuse(x, ("noise", name, i, f, seed), lambda: _noisy(fam, x, f, s, seed, i))
             acc = (predict_logits(model, xc, ev.batch_size).argmax(1) == y).float().mean().item()
             metrics[in_family("noise", name, f)] = acc
             accs.append(acc)

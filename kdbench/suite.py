@@ -2,7 +2,8 @@
 
 A suite is dataset x (teacher, student) pairs x methods x seeds. Every job is a pure function of its config;
 its id is a hash of that config, so a re-run skips finished jobs. Besides the student jobs, a suite has one
-reference job per teacher it uses (the teacher's own metrics, shown as reference rows).
+reference job per teacher it uses (the teacher's own metrics, shown as reference rows); `reference_seeds = N`
+limits those to the teachers of the first N seeds (every seed's teachers are still trained).
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ class Suite:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
+    reference_seeds: int | None = None  # teachers get a reference job at the first N seeds only (None: every seed)
 
     def jobs(self, cuda: bool = False) -> list[Job]:
         """Teacher reference jobs first, then students: (pair, method, seed) in file order. `cuda`: the jobs
         run on a GPU, so they carry the suite's `[gpu]` settings (which then enter their ids)."""
         gpu = self.gpu if cuda else None
+        ref_seeds = self.seeds[:self.reference_seeds] if self.reference_seeds else self.seeds
         students, teachers = [], {}
         for pair in self.pairs:
             for m in self.methods:
@@ -79,7 +82,7 @@ class Suite:
                         refs = [(TeacherSpec(p.display_name(), "pretrained", self.seeds[0]), p)
                                 for p in pair.pretrained_teachers()] if job.teacher_specs() else []
                     else:  # extra ensemble members (seeds not in the suite) are trained, not reported
-                        refs = [(spec, None) for spec in job.teacher_specs() if spec.seed in self.seeds]
+                        refs = [(spec, None) for spec in job.teacher_specs() if spec.seed in ref_seeds]
                     for spec, pre in refs:
                         ref = Job(self.name, self.data, Pair(spec.arch, spec.arch, pre), "teacher", spec.params,
                                   spec.kind, spec.seed, self.train, self.eval, self.headline_eps, gpu)
@@ -88,7 +91,7 @@ class Suite:
 
 
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
-              "check", "executor", "gpu", "save"}
+              "check", "executor", "gpu", "save", "reference_seeds"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -179,8 +182,12 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
     gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
     save = from_table(SaveConfig, doc.get("save"), "save")  # a non-boolean `students` is a one-line error
+    ref_seeds = doc.get("reference_seeds")
+    if ref_seeds is not None and (isinstance(ref_seeds, bool) or not isinstance(ref_seeds, int) or ref_seeds < 1):
+        raise KdbenchError(f"reference_seeds must be an integer >= 1 (teacher reference rows at the first N seeds), "
+                           f"got {ref_seeds!r}")
     suite = Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check,
-                  executor, gpu, save)
+                  executor, gpu, save, ref_seeds)
     check_pretrained(suite)
     return suite
 

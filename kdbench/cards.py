@@ -19,6 +19,7 @@ import json
 import re
 
 from .rows import group_key, row_label
+from .metric_names import at_eps
 
 CARD_SCHEMA = 1
 CARDS_DIR = "cards"
@@ -61,7 +62,8 @@ def teacher_card(info: dict | None, records: list[dict], eps: str) -> dict | Non
     out["clean_acc"] = _mean([r["metrics"]["clean"] for r in refs if "clean" in r["metrics"]])
     if out["clean_acc"] is None:  # no reference record: the clean accuracy the student job measured
         out["clean_acc"] = info.get("clean")
-    out["worst_case_acc"] = _mean([r["metrics"][f"robust@{eps}"] for r in refs if f"robust@{eps}" in r["metrics"]])
+    worst = at_eps("robust", eps)
+    out["worst_case_acc"] = _mean([r["metrics"][worst] for r in refs if worst in r["metrics"]])
     out["reference_records"] = sorted(f"records/{r['job_id']}.json" for r in refs)
     return out
 
@@ -81,7 +83,8 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
             flags[f] = flags.get(f, 0) + 1
     config = first.get("config") or {}
     env = [r.get("env") or {} for r in recs]
-    clean, worst, aa = _metric(recs, "clean"), _metric(recs, f"robust@{e}"), _metric(recs, f"autoattack@{e}")
+    clean, worst, aa = (_metric(recs, "clean"), _metric(recs, at_eps("robust", e)),
+                        _metric(recs, at_eps("autoattack", e)))
     card = {
         "card_schema": CARD_SCHEMA,
         "name": label,
@@ -105,7 +108,7 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "clean_acc": clean["mean"] if clean else None,
         "worst_case_acc": worst["mean"] if worst else None,
         **({"autoattack_acc": aa["mean"]} if aa else {}),
-        "metrics": {"clean": clean, f"robust@{e}": worst},
+        "metrics": {"clean": clean, at_eps("robust", e): worst},
         "per_attack": {m: _metric(recs, m) for m in attacks},
         "worst_case": {m: _metric(recs, m) for m in names if m.startswith("robust@")},
         "corruptions": {m: _metric(recs, m) for m in corruption},

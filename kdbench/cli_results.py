@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cli_args import data_kwargs
 from .errors import KdbenchError
+from .metric_names import at_eps
 
 
 def cmd_list(args) -> int:
@@ -133,7 +134,7 @@ def cmd_evaluate(args) -> int:
     written = external.evaluate_target(target, out, device, cache_dir, args.data_dir, False, args.corruptions_from,
                                        args.quiet)
     write_reports(out)
-    e = f"robust@{target.jobs[0].headline_eps:g}"
+    e = at_eps("robust", target.jobs[0].headline_eps)
     for rec in written:
         m = rec["metrics"]
         print(f"{name} seed {rec['seed']}: clean {m['clean']:.4f}, {e} {m.get(e, float('nan')):.4f}"

@@ -1,4 +1,4 @@
-"""The evaluation's seeds and eps names: every attack, transfer set and noise draw is seeded by the job's seed
+"""The evaluation's seeds: every attack, transfer set and noise draw is seeded by the job's seed
 and what it is (its name and eps as metric names write it), so its numbers never depend on what ran before."""
 
 from __future__ import annotations
@@ -9,8 +9,3 @@ import zlib
 def derived_seed(seed: int, *parts) -> int:
     """The seed of one random draw of the evaluation: the job's `seed` and the draw's name `parts`."""
     return (seed * 7919 + zlib.crc32("/".join(map(str, parts)).encode())) % 2**31
-
-
-def fmt_eps(eps: float) -> str:
-    """An eps as metric names write it (`pgd@0.1`)."""
-    return f"{eps:g}"

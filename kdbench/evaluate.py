@@ -34,13 +34,13 @@ from .attacks import ATTACKS, attack_correct, build_attack, run_attack
 from .corruptions import corrupt
 from .eval_inputs import reuse
 from .eval_seeds import derived_seed as _seed
-from .eval_seeds import fmt_eps
 from .fold import fold_batch_norm
 from .noise_sweep import noise_sweep
 from .output_checks import output_evidence
 from .sanity import ZERO_GRAD_NORM, compute_flags
 from .transfer import craft_transfer
 from .train import predict_logits
+from .metric_names import at_eps, fmt_number, in_family
 
 NOISE_DRAWS = 10  # random sign-noise draws of L-inf size eps per example
 
@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
 
     survivors = {name: clean_ok for name in attacks}  # per attack: not broken at any smaller eps yet
     for eps in sorted(ev.eps):
-        e = fmt_eps(eps)
+        e = fmt_number(eps)
         evidence["eps"].append(e)
         run: list[torch.Tensor] = [clean_ok]
         named: list[tuple[str, torch.Tensor]] = []
@@ -133,7 +133,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
                 source = fold_batch_norm(source)  # a no-op once folded
                 transfer_cache[e] = timed("transfer", lambda: craft_transfer(source, x, y, eps, ev, seed, num_classes))
             ok = correct(model, transfer_cache[e], y, bs)
-            metrics[f"transfer@{e}"] = ok.float().mean().item()
+            metrics[at_eps("transfer", e)] = ok.float().mean().item()
             run.append(ok)
             named.append(("transfer", ok))
             bb &= ok
@@ -146,7 +146,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
                                                                      "worst"), masked))
         notes.extend(m for m in skipped if m not in notes)
         made_worst[e] = {**wc.broken_first_by(clean_ok, named), **broke}
-        metrics[f"robust@{e}"] = worst.float().mean().item()
+        metrics[at_eps("robust", e)] = worst.float().mean().item()
         whitebox_ok[eps], blackbox_ok[eps], robust_ok[eps] = wb, bb, worst
 
     timed("sweep", lambda: _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics))
@@ -161,7 +161,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         flags, details = [], {}
     details = {**details, "worst_case": made_worst, **({"notes": notes} if notes else {})}
     if per_example is not None:
-        per_example.update({"clean": clean_ok, **{f"robust@{fmt_eps(eps)}": ok for eps, ok in robust_ok.items()}})
+        per_example.update({"clean": clean_ok, **{at_eps("robust", eps): ok for eps, ok in robust_ok.items()}})
     return metrics, flags, details
 
 
@@ -175,7 +175,7 @@ def _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, tag, brok
     An ensemble's masks after each component go into `parts`, notes on skipped components into `notes`."""
     ok = torch.full((len(x),), not broken_outside, dtype=torch.bool, device=x.device)
     if len(idx):
-        s = _seed(seed, tag, name, fmt_eps(eps))
+        s = _seed(seed, tag, name, fmt_number(eps))
         sub, comp, skipped = attack_correct(name, model, x[idx], y[idx], eps, ev, s, num_classes,
                                             lambda xa: predict_logits(model, xa, ev.batch_size).argmax(1))
         ok[idx] = sub
@@ -195,7 +195,7 @@ def _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics):
     attacks only the examples that survived the previous one; results of the main attacks are reused."""
     survivors = clean_ok.clone()
     for eps in sorted(ev.sweep_eps):
-        e = fmt_eps(eps)
+        e = fmt_number(eps)
         for name in SWEEP_ATTACKS:
             if num_classes < ATTACKS.get(name).min_classes:
                 continue
@@ -204,7 +204,7 @@ def _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics):
             else:
                 idx = torch.nonzero(survivors).flatten()
                 survivors &= _attack_subset(name, model, x, y, idx, eps, ev, seed, num_classes, "sweep")
-        metrics[f"sweep@{e}"] = survivors.float().mean().item()
+        metrics[at_eps("sweep", e)] = survivors.float().mean().item()
 
 
 def _corruptions(model, x, y, ev, seed, metrics):
@@ -216,9 +216,9 @@ def _corruptions(model, x, y, ev, seed, metrics):
         for sev in ev.severities:
             xc = reuse(x, ("corruption", name, sev, seed), lambda: corrupt(name, x, sev, seed))
             acc = correct(model, xc, y, ev.batch_size).float().mean().item()
-            metrics[f"corruption/{name}/{sev}"] = acc
+            metrics[in_family("corruption", name, sev)] = acc
             accs.append(acc)
-        metrics[f"corruption/{name}"] = sum(accs) / len(accs)
+        metrics[in_family("corruption", name)] = sum(accs) / len(accs)
         all_acc.extend(accs)
     metrics["mca"] = sum(all_acc) / len(all_acc)
     metrics["relative_mca"] = metrics["mca"] / metrics["clean"] if metrics["clean"] > 0 else 0.0
@@ -236,7 +236,7 @@ def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
     evidence["median_logit_margin"] = (top2[:, 0] - top2[:, 1]).median().item()
 
     # convergence: does the strongest attack with twice the steps and restarts lower the reported worst case?
-    e = fmt_eps(headline_eps)
+    e = fmt_number(headline_eps)
     name = wc.strongest({n: metrics[f"{n}@{e}"] for n in attacks})
     if headline_eps in robust_ok and name is not None:
         strong = wc.doubled(ev)
@@ -246,8 +246,8 @@ def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
 
     # unbounded: the largest sweep eps must take accuracy to chance or below
     if ev.sweep_eps:
-        e_max = fmt_eps(max(ev.sweep_eps))
-        evidence["unbounded"] = {"eps": e_max, "acc": metrics[f"sweep@{e_max}"], "chance": 1.0 / num_classes}
+        e_max = fmt_number(max(ev.sweep_eps))
+        evidence["unbounded"] = {"eps": e_max, "acc": metrics[at_eps("sweep", e_max)], "chance": 1.0 / num_classes}
 
     # black-box beats white-box: random sign noise of the same L-inf size, transfer, Square
     g = torch.Generator(device=x.device).manual_seed(_seed(seed, "noise"))
@@ -255,7 +255,7 @@ def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
     for _ in range(NOISE_DRAWS):
         sign = torch.randint(0, 2, x.shape, generator=g, device=x.device).to(x.dtype) * 2 - 1
         noise_ok &= correct(model, (x + headline_eps * sign).clamp(0, 1), y, bs)
-    metrics[f"noise@{e}"] = noise_ok.float().mean().item()
+    metrics[at_eps("noise", e)] = noise_ok.float().mean().item()
     wb = whitebox_ok.get(headline_eps)
     if wb is not None:
         bb = blackbox_ok[headline_eps] & noise_ok

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .metric_names import try_parse  # noqa: E402
+from .metric_names import at_eps, in_family, try_parse  # noqa: E402
 from .records import atomic_write_bytes  # noqa: E402
 
 
@@ -63,12 +63,13 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
     fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = _styles(summary)
     for idx, r in summary.iterrows():
-        if f"robust@{e}:mean" not in r or pd.isna(r[f"robust@{e}:mean"]):
+        if at_eps("robust", e) + ":mean" not in r or pd.isna(r[at_eps("robust", e) + ":mean"]):
             continue
         st = styles[idx]
-        ax.errorbar(100 * r["clean:mean"], 100 * r[f"robust@{e}:mean"],
+        ax.errorbar(100 * r["clean:mean"], 100 * r[at_eps("robust", e) + ":mean"],
                     xerr=_bars([100 * r["clean:mean"]], [100 * r["clean:std"]]),
-                    yerr=_bars([100 * r[f"robust@{e}:mean"]], [100 * r[f"robust@{e}:std"]]), fmt=st["marker"],
+                    yerr=_bars([100 * r[at_eps("robust", e) + ":mean"]], [100 * r[at_eps("robust", e) + ":std"]]),
+                    fmt=st["marker"],
                     ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
@@ -122,11 +123,11 @@ def accuracy_vs_severity(summary: pd.DataFrame, path: Path) -> None:
     styles = _styles(summary)
     for ax, name in zip(axes.flat, names):
         for idx, r in summary.iterrows():
-            sev = [s for s in range(1, 6) if f"corruption/{name}/{s}:mean" in r
-                   and not pd.isna(r[f"corruption/{name}/{s}:mean"])]
+            sev = [s for s in range(1, 6) if in_family("corruption", name, s) + ":mean" in r
+                   and not pd.isna(r[in_family("corruption", name, s) + ":mean"])]
             xs = [0] + sev
-            ys = [100 * r["clean:mean"]] + [100 * r[f"corruption/{name}/{s}:mean"] for s in sev]
-            sd = [100 * r["clean:std"]] + [100 * r[f"corruption/{name}/{s}:std"] for s in sev]
+            ys = [100 * r["clean:mean"]] + [100 * r[in_family("corruption", name, s) + ":mean"] for s in sev]
+            sd = [100 * r["clean:std"]] + [100 * r[in_family("corruption", name, s) + ":std"] for s in sev]
             st = styles[idx]
             ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
                         label=st["label"])
@@ -153,7 +154,7 @@ def robustness_vs_size(summary: pd.DataFrame, path: Path, headline_eps: float) -
     cmap = plt.get_cmap("tab20")
     for i, (label, g) in enumerate(students.groupby("label", sort=True)):
         g = g.sort_values("model_params")
-        mean, std = 100 * g[f"robust@{e}:mean"], 100 * g[f"robust@{e}:std"]
+        mean, std = 100 * g[at_eps("robust", e) + ":mean"], 100 * g[at_eps("robust", e) + ":std"]
         ax.errorbar(g["model_params"], mean, yerr=_bars(mean, std), marker="o", capsize=3, color=cmap(i % 20),
                     label=label)
     ax.set_xscale("log")
@@ -175,7 +176,7 @@ def write_plots(summary: pd.DataFrame, folder: Path, headline_eps: float) -> lis
     if _corruption_names(summary):
         todo.append(("accuracy_vs_severity.png", lambda p: accuracy_vs_severity(summary, p)))
     students = summary[summary["role"] == "student"]
-    if students["model_params"].nunique() > 1 and f"robust@{headline_eps:g}:mean" in summary:
+    if students["model_params"].nunique() > 1 and at_eps("robust", headline_eps) + ":mean" in summary:
         todo.append(("robustness_vs_size.png", lambda p: robustness_vs_size(summary, p, headline_eps)))
     for name, fn in todo:
         fn(folder / name)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .cards import CARDS_DIR, build_cards, card_file
 from .deltas import baselines_of, delta_columns
-from .metric_names import fmt_number
+from .metric_names import at_eps, fmt_number
 from .records import atomic_write_text, load_records
 from .rows import GROUP, group_key, row_label
 from .stats import mean_std
@@ -76,7 +76,7 @@ def leaderboard_tables(summary: pd.DataFrame, headline_eps: float,
     for r in records or []:
         by_key.setdefault(group_key(r), []).append(r)
     e = fmt_number(headline_eps)
-    key = f"robust@{e}:mean"
+    key = at_eps("robust", e) + ":mean"
     out = []
     if summary.empty:
         return out
@@ -93,7 +93,7 @@ def leaderboard_tables(summary: pd.DataFrame, headline_eps: float,
         teachers = teachers[teachers["arch"] == pair.split("->")[0]]
         student_dicts = [r.to_dict() for _, r in students.iterrows()]
         deltas, note = delta_columns(student_dicts, lambda row: by_key.get(tuple(row[c] for c in GROUP), []),
-                                     f"robust@{e}")
+                                     at_eps("robust", e))
         rows = []
         for rank, r in enumerate(student_dicts, start=1):
             rows.append(_table_row(str(rank), r, {c: v[rank - 1] for c, v in deltas.items()}, e))
@@ -109,11 +109,11 @@ def _table_row(rank: str, r: dict, deltas: dict, e: str) -> dict:
     return {
         "rank": rank,
         "method": r["label"],
-        f"robust@{e}": _cell(r, f"robust@{e}"),
+        at_eps("robust", e): _cell(r, at_eps("robust", e)),
         **deltas,
         "clean": _cell(r, "clean"),
-        f"pgd@{e}": _cell(r, f"pgd@{e}"),
-        f"apgd-dlr@{e}": _cell(r, f"apgd-dlr@{e}"),
+        at_eps("pgd", e): _cell(r, at_eps("pgd", e)),
+        at_eps("apgd-dlr", e): _cell(r, at_eps("apgd-dlr", e)),
         "mca": _cell(r, "mca"),
         "params": f"{int(r['model_params']):,}",
         "seeds": int(r["seeds"]),

@@ -13,6 +13,7 @@ from typing import Callable
 
 from .output_checks import PROB_TOL, RANDOM_TOL
 from .registry import Registry
+from .metric_names import at_eps
 
 FLAGS: Registry = Registry("flag")
 
@@ -32,17 +33,17 @@ class Flag:
 
 
 def _pgd_above_fgsm(ev: dict):
-    bad = {e: (ev["acc"].get(f"pgd@{e}"), ev["acc"].get(f"fgsm@{e}")) for e in ev["eps"]
-           if f"pgd@{e}" in ev["acc"] and f"fgsm@{e}" in ev["acc"]
-           and ev["acc"][f"pgd@{e}"] > ev["acc"][f"fgsm@{e}"] + FGSM_PGD_TOL}
+    bad = {e: (ev["acc"].get(at_eps("pgd", e)), ev["acc"].get(at_eps("fgsm", e))) for e in ev["eps"]
+           if at_eps("pgd", e) in ev["acc"] and at_eps("fgsm", e) in ev["acc"]
+           and ev["acc"][at_eps("pgd", e)] > ev["acc"][at_eps("fgsm", e)] + FGSM_PGD_TOL}
     return {"eps": {str(e): {"pgd": p, "fgsm": f} for e, (p, f) in bad.items()}} if bad else None
 
 
 def _ce_above_margin(ev: dict):
     bad = {}
     for e in ev["eps"]:
-        ce = ev["acc"].get(f"pgd@{e}")
-        margin = ev["acc"].get(f"apgd-dlr@{e}")
+        ce = ev["acc"].get(at_eps("pgd", e))
+        margin = ev["acc"].get(at_eps("apgd-dlr", e))
         if ce is not None and margin is not None and ce - margin > CE_MARGIN_GAP:
             bad[str(e)] = {"pgd": ce, "apgd-dlr": margin}
     return {"eps": bad} if bad else None

@@ -12,19 +12,20 @@ from __future__ import annotations
 import torch
 
 from .attacks import build_attack, run_attack
-from .eval_seeds import derived_seed, fmt_eps
+from .eval_seeds import derived_seed
+from .metric_names import fmt_number
 from .fold import fold_batch_norm
 
 
 def craft_transfer(source, x: torch.Tensor, y: torch.Tensor, eps: float, ev, seed: int,
                    num_classes: int) -> torch.Tensor:
     """PGD examples at `eps` crafted on `source` (the teacher, batch norms folded), seeded by (seed, eps)."""
-    s = derived_seed(seed, "transfer", fmt_eps(eps))
+    s = derived_seed(seed, "transfer", fmt_number(eps))
     return run_attack(build_attack("pgd", source, eps, ev, s, num_classes), x, y, ev.batch_size, s)
 
 
 def craft_all(teacher, data, ev, seed: int) -> dict[str, torch.Tensor]:
     """The transfer examples at every eps of `ev` ({eps as in metric names: examples}), as `evaluate` crafts them."""
     source = fold_batch_norm(teacher.eval())
-    return {fmt_eps(eps): craft_transfer(source, data.x_test, data.y_test, eps, ev, seed, data.num_classes)
+    return {fmt_number(eps): craft_transfer(source, data.x_test, data.y_test, eps, ev, seed, data.num_classes)
             for eps in sorted(ev.eps)}

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from .attacks import ATTACKS
+from .metric_names import at_eps
 
 SEE_THROUGH = ("pgd-rescaled", "apgd-t")
 STRONG_RESTARTS = 2  # restarts of the strongest attack at twice its steps
@@ -61,7 +62,7 @@ def masking_suspected(acc: dict[str, float], e: str, zero_grad_fraction: float) 
     """Evidence of gradient masking at eps `e`: the conditions of the masking flags (sanity.py)."""
     from .sanity import CE_MARGIN_GAP, FGSM_PGD_TOL, ZERO_GRAD_FRACTION
 
-    pgd, dlr, fgsm = acc.get(f"pgd@{e}"), acc.get(f"apgd-dlr@{e}"), acc.get(f"fgsm@{e}")
+    pgd, dlr, fgsm = acc.get(at_eps("pgd", e)), acc.get(at_eps("apgd-dlr", e)), acc.get(at_eps("fgsm", e))
     return (zero_grad_fraction > ZERO_GRAD_FRACTION or (pgd is not None and dlr is not None and pgd - dlr > CE_MARGIN_GAP)
             or (pgd is not None and fgsm is not None and pgd > fgsm + FGSM_PGD_TOL))
 

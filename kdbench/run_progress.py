@@ -46,4 +46,4 @@ class Progress:
     def status(self, what: str, running: int) -> None:
         """Where the run stands (jobs run at once): done, running, failed; then `what` happened."""
         finished = self.skipped + self.done - self.failed
-        self.say(f"[{finished}/{self.total} done, {running} running, {self.failed} failed{self.eta()}] {what}")
+        self.say(f"[job {finished}/{self.total} done, {running} running, {self.failed} failed{self.eta()}] {what}")

@@ -45,7 +45,7 @@ def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path,
             assert got[job_id][key] == rec[key], (job_id, key)
         assert got[job_id]["env"]["threads"] == rec["env"]["threads"] == 1
     text = "".join(lines)
-    assert "2 workers" in text and f"2 worker processes ({how}ed)" in text and "[6/6 done" in text
+    assert "2 workers" in text and f"2 worker processes ({how}ed)" in text and "[job 6/6 done" in text
     assert "2 teacher(s) to train first" in text
     # each teacher was trained once, by a worker, and cached by the driver: the same checkpoints
     for path in sorted((tmp_path / "cache-one" / "teachers").glob("*.pt")):

@@ -232,7 +232,7 @@ def test_ray_cluster_gives_the_local_executors_job_ids_and_numbers(tmp_path, ray
     proc = _run_ray(env, suite, out, address, "--cache-dir", cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "6 jobs run, 0 already done, 0 failed" in proc.stdout
-    assert "[6/6 done, 0 running, 0 failed]" in proc.stderr  # progress: done / running / failed
+    assert "[job 6/6 done, 0 running, 0 failed]" in proc.stderr  # progress: done / running / failed
     assert "ETA" in proc.stderr and "2 job(s) at a time" in proc.stderr
     got, want = _records(out), _records(local)
     assert set(got) == set(want) and len(got) == 6

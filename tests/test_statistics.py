@@ -183,14 +183,12 @@ def test_check_across_thread_counts_uses_the_noise_model(tmp_path, tiny_run):
     assert bad.returncode == 1 and "ce: clean" in bad.stderr
 
 
-def test_reproduce_on_another_machine_expects_its_noise(tmp_path, monkeypatch, capsys):
-    """A committed record whose recorded CPU is another: within the expected noise exits 0, a real change 1 (the
-    second comparison against the same re-run: the comparison is a function of the two records)."""
+def test_reproduce_on_another_machine_expects_its_noise(tmp_path, monkeypatch, capsys, tiny_run):
+    """A record (the session's tiny-suite teacher, seed 1) whose recorded CPU is another: within the expected noise
+    exits 0, a real change 1 (compared with the same re-run: the comparison is a function of the two records)."""
     from kdbench import reproduce
 
-    path = next(p for p in sorted(RECORDS.glob("*.json"))
-                if json.loads(p.read_text())["method"] == "teacher:standard" and json.loads(p.read_text())["seed"] == 1)
-    doc = json.loads(path.read_text())
+    doc = next(r for r in tiny_run.records().values() if r["method"] == "teacher:standard" and r["seed"] == 1)
     doc["env"]["cpu"] = {"model": "Some Other CPU", "capability": "AVX512", "flags": ["avx2", "avx512f", "fma"]}
     faked = tmp_path / "faked.json"
     faked.write_text(json.dumps(doc))

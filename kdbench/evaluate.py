@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import worst_case as wc
-from .attacks import ATTACKS, attack_correct, build_attack, run_attack
+from .attacks import ATTACKS, attack_correct
 from .corruptions import corrupt
 from .eval_inputs import reuse
 from .eval_seeds import derived_seed as _seed

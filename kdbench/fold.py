@@ -11,7 +11,6 @@ cannot trace is evaluated as it is.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 

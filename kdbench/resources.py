@@ -54,7 +54,7 @@ class WorkerMemory:
 def model_size(arch: str, shape: tuple[int, int, int], num_classes: int) -> tuple[int, int]:
     """(parameters, bytes of layer outputs per example in a forward pass) of `arch`: built and run once on one
     example (a second for WRN-34-10 on a CPU; milliseconds for the small models)."""
-    from .models import ModelInput, build_model, count_params
+    from .models import ModelInput, build_model
 
     inp = ModelInput(shape, num_classes, (0.5,) * shape[0], (0.25,) * shape[0])
     model = build_model(arch, inp).eval()  # eval: a batch of one; the outputs have the shapes of training's

@@ -1,5 +1,10 @@
+import dataclasses
+import json
 import os
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +46,46 @@ severities = [1, 5]
 """
 
 
+# A suite around a teacher from elsewhere (test_archs.py, test_pretrained_teachers.py): format `teacher` (a TOML
+# value), `methods` (the [methods] lines) and `seeds` (a TOML list).
+PRETRAINED_SUITE = """
+name = "pre"
+dataset = "digits"
+seeds = {seeds}
+headline_eps = 0.1
+[[pairs]]
+teacher = {teacher}
+student = "cnn-small"
+[train]
+epochs = 1
+teacher_epochs = 1
+batch_size = 256
+[methods]
+{methods}
+[eval]
+attacks = ["fgsm"]
+eps = [0.1]
+transfer = false
+sweep_eps = []
+corruptions = []
+sanity = false
+"""
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (plain pytest leaves them out; CI runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture
 def tiny_suite(tmp_path) -> Path:
     path = tmp_path / "tiny.toml"
@@ -56,8 +101,6 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 def run_cli(*args, cwd=None, timeout=300):
     """Run `python -m kdbench ...` in a subprocess; returns CompletedProcess."""
-    import subprocess
-
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "kdbench", *map(str, args)], cwd=cwd or ROOT, env=env,
@@ -89,7 +132,6 @@ def run_main(*args):
     """Run the CLI in this process (fast: no interpreter start-up); returns an object like CompletedProcess."""
     import contextlib
     import io
-    import subprocess
 
     from kdbench.__main__ import main
 
@@ -100,3 +142,64 @@ def run_main(*args):
         except SystemExit as e:  # argparse usage errors
             rc = e.code
     return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """The tiny suite, run once per test session through the CLI (`--workers 1 --cpus-per-job 1`: one job at a
+    time in one process, one thread per job, which is also what a default run gives each job) into `out` with its
+    own teacher cache. Tests read it; a test that changes records works on a copy (`copy_to`)."""
+
+    suite: Path
+    results: Path  # holds tiny/ (the suite's name)
+    cache: Path
+    proc: subprocess.CompletedProcess
+    seconds: float
+
+    @property
+    def out(self) -> Path:
+        return self.results / "tiny"
+
+    def records(self) -> dict:
+        return {p.stem: json.loads(p.read_text()) for p in (self.out / "records").glob("*.json")}
+
+    def copy_to(self, dest: Path, keep=lambda record: True) -> Path:
+        """A copy of the results folder (only the records `keep` accepts; no reports, no baseline)."""
+        (dest / "records").mkdir(parents=True)
+        for path in (self.out / "records").glob("*.json"):
+            record = json.loads(path.read_text())
+            if keep(record):
+                shutil.copy2(path, dest / "records")
+                weights = (record.get("student") or {}).get("weights")
+                if weights:  # the saved student the record points to
+                    (dest / weights["file"]).parent.mkdir(exist_ok=True)
+                    shutil.copy2(self.out / weights["file"], dest / weights["file"])
+        return dest
+
+    def copy_teachers(self, cache: Path) -> Path:
+        """Put the session's trained teachers into the teacher cache `cache` (only teachers/: other cached
+        artefacts, such as transfer examples, are left for the test to make)."""
+        shutil.copytree(self.cache / "teachers", cache / "teachers", dirs_exist_ok=True)
+        return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    root = tmp_path_factory.mktemp("tiny-run")
+    suite = root / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    results, cache = root / "results", root / "cache"
+    t0 = time.perf_counter()
+    # the cache is named on the command line: this fixture is set up before any test's KDBENCH_CACHE
+    proc = run_cli("run", "--suite", suite, "--out", results / "tiny", "--cache-dir", cache, "--workers", "1",
+                   "--cpus-per-job", "1", timeout=900)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    return TinyRun(suite, results, cache, proc, seconds)
+
+
+@pytest.fixture
+def tiny_teachers(tiny_run, tmp_path) -> Path:
+    """This test's teacher cache (KDBENCH_CACHE) holding the tiny suite's trained teachers: a run of the tiny
+    suite (or a part of it) in this test trains no teacher."""
+    return tiny_run.copy_teachers(tmp_path / "cache")

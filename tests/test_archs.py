@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import PRETRAINED_SUITE
 from kdbench.errors import KdbenchError
 from kdbench.models import MODELS, ModelInput, build_model, count_macs, count_params
 
@@ -72,30 +73,6 @@ def test_count_macs_matches_a_hand_count():
 
 # ---- a user's checkpoint ------------------------------------------------------------------------------------
 
-PRETRAINED_SUITE = """
-name = "pre"
-dataset = "digits"
-seeds = [1]
-headline_eps = 0.1
-[[pairs]]
-teacher = {teacher}
-student = "cnn-small"
-[train]
-epochs = 1
-teacher_epochs = 1
-batch_size = 256
-[methods]
-{methods}
-[eval]
-attacks = ["fgsm"]
-eps = [0.1]
-transfer = false
-sweep_eps = []
-corruptions = []
-sanity = false
-"""
-
-
 def digits_teacher(trained_digits_model):
     """A cnn-large state dict for digits (random weights with the digits normalization)."""
     _, data = trained_digits_model
@@ -105,7 +82,7 @@ def digits_teacher(trained_digits_model):
 
 def write_suite(tmp_path, teacher: str, methods: str = "kd = {}") -> str:
     path = tmp_path / "pre.toml"
-    path.write_text(PRETRAINED_SUITE.format(teacher=teacher, methods=methods))
+    path.write_text(PRETRAINED_SUITE.format(teacher=teacher, methods=methods, seeds="[1]"))
     return str(path)
 
 

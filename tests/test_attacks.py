@@ -57,6 +57,7 @@ def test_autoattack_components_are_the_references(toy, num_classes, targets):
     assert [c.min_classes for c in comps] == [2, 4, 2, 2]
 
 
+@pytest.mark.slow  # torchattacks' standard AutoAttack (100-step APGD and FAB over 9 targets, Square) as reference
 def test_autoattack_is_bounded_and_at_least_as_strong_as_torchattacks_default(toy):
     """Each component runs on the survivors of the previous ones; the ensemble is at least as strong as
     torchattacks' `AutoAttack(version="standard")` (10-step components), on the same examples."""

@@ -14,13 +14,10 @@ def _records(out):
     return {p.stem: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
 
 
-def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny_suite):
-    out = tmp_path / "out"
-    t0 = time.perf_counter()
-    proc = run_cli("run", "--suite", tiny_suite, "--out", out)
-    first = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr
-    recs = _records(out)
+def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny_run):
+    proc, first = tiny_run.proc, tiny_run.seconds  # the session's run of the tiny suite through the CLI
+    out = tiny_run.out
+    recs = tiny_run.records()
     assert len(recs) == 6  # 2 teachers + 2 methods x 2 seeds
     for job_id, r in recs.items():
         assert r["job_id"] == job_id and r["schema"] == 1
@@ -41,10 +38,12 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny_suite):
     assert "[job 1/6" in proc.stderr  # progress with job i/n
     assert "robust@0.1" in proc.stdout  # ends with the summary table
 
-    # a second run skips every job and retrains nothing
+    # a second run (on a copy, with the session's teachers) skips every job and retrains nothing
+    out = tiny_run.copy_to(tmp_path / "out")
+    tiny_run.copy_teachers(tmp_path / "cache")
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
     t1 = time.perf_counter()
-    proc2 = run_cli("run", "--suite", tiny_suite, "--out", out)
+    proc2 = run_cli("run", "--suite", tiny_run.suite, "--out", out, "--cache-dir", tmp_path / "cache")
     second = time.perf_counter() - t1
     assert proc2.returncode == 0, proc2.stderr
     assert "0 jobs run, 6 already done" in proc2.stdout
@@ -53,14 +52,14 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny_suite):
     assert second < first
 
 
-def test_sigkill_mid_run_then_resume_gives_the_same_records(tmp_path, tiny_suite):
-    ref = tmp_path / "ref"
-    assert run_cli("run", "--suite", tiny_suite, "--out", ref, "--quiet").returncode == 0
-
+def test_sigkill_mid_run_then_resume_gives_the_same_records(tmp_path, tiny_run, tiny_teachers):
+    """Killed after its first record, then resumed (the teachers come from the session's cache): the records of
+    the session's uninterrupted run, number for number."""
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", "--suite", str(tiny_suite), "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", "--suite", str(tiny_run.suite), "--out",
+                             str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     # wait until at least one record exists, then kill without warning
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "records").glob("*.json")):
@@ -72,8 +71,8 @@ def test_sigkill_mid_run_then_resume_gives_the_same_records(tmp_path, tiny_suite
     for p in partial:  # every record on disk is whole
         json.loads(p.read_text())
 
-    assert run_cli("run", "--suite", tiny_suite, "--out", out, "--quiet").returncode == 0
-    got, want = _records(out), _records(ref)
+    assert run_cli("run", "--suite", tiny_run.suite, "--out", out, "--quiet").returncode == 0
+    got, want = _records(out), tiny_run.records()
     assert set(got) == set(want)
     assert not list((out / "records").glob(".*.tmp"))
     for job_id in want:  # same config, same seed, same CPU: the same numbers

@@ -123,7 +123,7 @@ def test_merge_deduplicates_and_refuses_conflicts(tmp_path):
     assert proc.returncode == 1
     assert doc["job_id"] in proc.stderr and "different numbers" in proc.stderr
     assert not (out2 / "robustness" / "leaderboard.md").exists()
-    assert not list((out2 / "robustness" / "records").glob("*.json")) if (out2 / "robustness").exists() else True
+    assert not list((out2 / "robustness" / "records").glob("*.json"))  # (a missing folder holds none)
 
 
 def _check(results, *extra):
@@ -267,15 +267,20 @@ def test_leaderboard_html_in_a_headless_browser(results):
     assert all(img["drawn"] > 0.99 for img in result["images"]), result["images"]  # opaque plots, whole
 
 
-def test_check_run_reruns_into_a_fresh_folder_and_compares(tmp_path, tiny_suite):
+def test_check_run_reruns_into_a_fresh_folder_and_compares(tmp_path, tiny_run, tiny_teachers):
+    """`check --run`: runs (resumes) the suite, then compares with the baseline. The session's tiny run stands in
+    for the results; the fresh run trains only the students (the teachers come from the session's cache)."""
     results = tmp_path / "results"
-    first = run_cli("check", "--suite", tiny_suite, "--results", results, "--run", "--quiet")
-    assert first.returncode == 2 and "no baseline" in first.stderr  # ran, then found no baseline
-    assert run_cli("check", "--suite", tiny_suite, "--results", results, "--update-baseline").returncode == 0
+    tiny_run.copy_to(results / "tiny")
+    first = run_cli("check", "--suite", tiny_run.suite, "--results", results, "--run", "--quiet")
+    assert first.returncode == 2 and "no baseline" in first.stderr  # ran (nothing left to run), found no baseline
+    assert (results / "tiny" / "leaderboard.md").is_file()  # the reports of the run were written
+    assert run_cli("check", "--suite", tiny_run.suite, "--results", results, "--update-baseline").returncode == 0
     fresh = tmp_path / "ci-run"
-    again = run_cli("check", "--suite", tiny_suite, "--results", results, "--run", "--out", fresh, "--quiet")
+    again = run_cli("check", "--suite", tiny_run.suite, "--results", results, "--run", "--out", fresh, "--quiet")
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(list((fresh / "records").glob("*.json"))) == 6 and "0 regressed" in again.stdout
+    assert "same machine" in again.stdout  # the fresh records equal the baseline's, number for number
 
 
 def test_error_bars_stop_at_the_limits_of_an_accuracy():

@@ -5,6 +5,7 @@ contract (finite loss, gradients reach the student and only the student, teacher
 descent (a few optimiser steps lower the loss)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -676,8 +677,10 @@ def test_defensive_descent_on_the_excess():
 @pytest.mark.parametrize("name", METHODS.names())
 def test_defaults_documented_and_teacherless_specs(name):
     cls = METHODS.get(name)
-    assert "loss" in cls.__doc__ and "=" in cls.__doc__  # the docstring gives the formula
-    assert cls.summary and cls.name == name
+    assert re.search(r"\bloss\s*=\s*\S", cls.__doc__), name  # the docstring gives the formula: loss = ...
+    # its summary line names the paper (with its year), or says that the method is a baseline or not published
+    assert re.search(r"\b(19|20)\d\d\b|\bbaseline\b|not a published method", cls.summary, re.I), cls.summary
+    assert cls.name == name
     assert cls.teacher_specs(dict(cls.defaults), "cnn-large", None, 1) == []
     if cls.teacher_kind is not None:
         specs = cls.teacher_specs(dict(cls.defaults), "cnn-large", cls.teacher_kind, 1)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import (CTX, INP, ONE, FixedLogits, HandStages, LinearNet, Recorder, approx, ce, fixed_pair,
+from test_methods import (CTX, INP, FixedLogits, HandStages, Recorder, approx, ce, fixed_pair,
                           hinton_kd, kl, kl_rows, log_softmax, make, pool_to, softmax)
 
 from kdbench.methods import METHODS, Batch, TrainContext

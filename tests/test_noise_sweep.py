@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from kdbench.noise_sweep import NOISE_FAMILIES, noise_sweep
 from kdbench.suite_configs import EvalConfig

@@ -3,6 +3,7 @@
 evaluation) for the whole run, not once per worker."""
 
 import json
+import os
 import re
 
 import pytest
@@ -41,7 +42,8 @@ def test_auto_workers_are_capped_by_the_available_memory(available):
 
 def test_available_memory_reads_the_system():
     avail = resources.available_memory()
-    assert avail is None or 0 < avail
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # this machine's memory (POSIX)
+    assert isinstance(avail, int) and 0 < avail <= total, (avail, total)
 
 
 def _progress_line(stderr: str) -> str:
@@ -73,9 +75,12 @@ TRANSFER_SUITE = TINY_SUITE.replace("seeds = [1, 2]", "seeds = [1]").replace(
     'attacks = ["fgsm", "pgd", "apgd-dlr"]\neps = [0.1]', 'attacks = ["fgsm"]\neps = [0.1, 0.2]\ntransfer = true')
 
 
-def test_transfer_examples_are_crafted_once_for_the_whole_run(tmp_path):
+def test_transfer_examples_are_crafted_once_for_the_whole_run(tmp_path, tiny_run):
     """Four students of one teacher and seed on two workers: one set of transfer examples, crafted by one task
-    before the students start; no student crafts its own; the same numbers as one process crafting them."""
+    before the students start; no student crafts its own; the same numbers as one process crafting them. (The
+    teacher is the tiny suite's, from the session's cache.)"""
+    for cache in ("cache-one", "cache-two"):
+        tiny_run.copy_teachers(tmp_path / cache)
     path = tmp_path / "suite.toml"
     path.write_text(TRANSFER_SUITE)
     suite = load_suite(str(path))
@@ -92,8 +97,10 @@ def test_transfer_examples_are_crafted_once_for_the_whole_run(tmp_path):
     assert not [r["method"] for r in students if "transfer" in r["eval_timings"]]  # none crafted its own
     assert two.profile["eval: transfer"] > 0  # crafted, once, by the transfer task
 
+    threads = torch.get_num_threads()
     one = run_suite(suite, tmp_path / "one", cpu, tmp_path / "cache-one", quiet=True, workers=1, threads=1)
     assert one.ran == 6
+    assert torch.get_num_threads() == threads  # the jobs ran on one thread here; the run gives the setting back
     want = {json.loads(p.read_text())["job_id"]: json.loads(p.read_text())["metrics"]
             for p in (tmp_path / "one" / "records").glob("*.json")}
     for r in students:

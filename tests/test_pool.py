@@ -27,18 +27,21 @@ def _records(out):
     return {json.loads(p.read_text())["job_id"]: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
 
 
-@pytest.mark.parametrize("how", ["fork", "spawn"])
-def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path, tiny_suite, monkeypatch, how):
+# spawned workers (the start method where a job has several threads, or CUDA) take the same path as forked ones
+# but their start; they run with the slow tests
+@pytest.mark.parametrize("how", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path, tiny_run, monkeypatch, how):
+    """Two workers against the session's run of the tiny suite (one job at a time in one process, one thread)."""
     monkeypatch.setattr(pool_executor, "start_method", lambda device, threads: how)
-    suite = load_suite(str(tiny_suite))  # 2 teachers + ce, kd x 2 seeds
+    suite = load_suite(str(tiny_run.suite))  # 2 teachers + ce, kd x 2 seeds
     cpu = torch.device("cpu")
-    one = run_suite(suite, tmp_path / "one", cpu, tmp_path / "cache-one", quiet=True, workers=1, threads=1)
-    assert torch.get_num_threads() != 1 or os.cpu_count() == 1  # the run restores this process's threads
+    threads = torch.get_num_threads()
     lines = []
     two = run_suite(suite, tmp_path / "two", cpu, tmp_path / "cache-two", workers=2, threads=1,
                     stream=type("S", (), {"write": lambda self, s: lines.append(s), "flush": lambda self: None})())
-    assert (one.ran, two.ran, two.failed) == (6, 6, [])
-    got, want = _records(tmp_path / "two"), _records(tmp_path / "one")
+    assert torch.get_num_threads() == threads  # the run leaves this process's threads as they were
+    assert (two.ran, two.failed) == (6, [])
+    got, want = _records(tmp_path / "two"), tiny_run.records()
     assert set(got) == set(want) and len(got) == 6
     for job_id, rec in want.items():
         for key in ("metrics", "flags", "flag_evidence", "train_history", "teacher", "student", "config"):
@@ -48,7 +51,9 @@ def test_workers_give_the_records_of_one_process_with_the_same_threads(tmp_path,
     assert "2 workers" in text and f"2 worker processes ({how}ed)" in text and "[job 6/6 done" in text
     assert "2 teacher(s) to train first" in text
     # each teacher was trained once, by a worker, and cached by the driver: the same checkpoints
-    for path in sorted((tmp_path / "cache-one" / "teachers").glob("*.pt")):
+    trained = sorted((tiny_run.cache / "teachers").glob("*.pt"))
+    assert len(trained) == 2
+    for path in trained:
         mine = torch.load(tmp_path / "cache-two" / "teachers" / path.name, weights_only=True)
         theirs = torch.load(path, weights_only=True)
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
@@ -120,7 +125,7 @@ def _wait_for_record(out, proc, timeout=120.0) -> None:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads process trees from /proc (Linux)")
-def test_a_killed_driver_leaves_no_worker_and_a_rerun_completes(tmp_path, tiny_suite):
+def test_a_killed_driver_leaves_no_worker_and_a_rerun_completes(tmp_path, tiny_suite, tiny_teachers):
     out = tmp_path / "out"
     proc = _kdbench("run", "--suite", tiny_suite, "--out", out, "--workers", "2", "--quiet")
     _wait_for_record(out, proc)
@@ -139,7 +144,7 @@ def test_a_killed_driver_leaves_no_worker_and_a_rerun_completes(tmp_path, tiny_s
     assert set(_records(out)) >= set(partial) and len(_records(out)) == 6
 
 
-def test_ctrl_c_keeps_finished_records_and_stops_the_workers(tmp_path, tiny_suite):
+def test_ctrl_c_keeps_finished_records_and_stops_the_workers(tmp_path, tiny_suite, tiny_teachers):
     out = tmp_path / "out"
     proc = _kdbench("run", "--suite", tiny_suite, "--out", out, "--workers", "2")
     _wait_for_record(out, proc)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PRETRAINED_SUITE
 from kdbench.errors import KdbenchError
 from kdbench.models import ModelInput, build_model
 from kdbench.pretrained import PretrainedTeacher, file_sha256, load_pretrained
@@ -76,30 +77,6 @@ def test_a_pickled_object_is_still_refused_and_named(tmp_path):
 
 # ---- what a pretrained teacher stands in for ------------------------------------------------------------------
 
-SUITE = """
-name = "pre"
-dataset = "digits"
-seeds = [1, 2]
-headline_eps = 0.1
-[[pairs]]
-teacher = {teacher}
-student = "cnn-small"
-[train]
-epochs = 1
-teacher_epochs = 1
-batch_size = 256
-[methods]
-{methods}
-[eval]
-attacks = ["fgsm"]
-eps = [0.1]
-transfer = false
-sweep_eps = []
-corruptions = []
-sanity = false
-"""
-
-
 def _table(name: str, kind: str) -> str:
     return f'{{ checkpoint = "{name}.pt", arch = "cnn-large", kind = "{kind}" }}'
 
@@ -111,7 +88,8 @@ def _suite(tmp_path, teacher: str, methods: str):
         if not (tmp_path / f"{name}.pt").exists():
             torch.manual_seed(ord(name))
             torch.save(build_model("cnn-large", INP).state_dict(), tmp_path / f"{name}.pt")
-    (tmp_path / "pre.toml").write_text(SUITE.format(teacher=teacher, methods=methods))
+    doc = PRETRAINED_SUITE.format(teacher=teacher, methods=methods, seeds="[1, 2]")
+    (tmp_path / "pre.toml").write_text(doc)
     return load_suite(str(tmp_path / "pre.toml"))
 
 

@@ -222,19 +222,19 @@ def test_unreachable_address_is_one_error(tmp_path, tiny_suite):
 
 
 @needs_ray
-def test_ray_cluster_gives_the_local_executors_job_ids_and_numbers(tmp_path, ray_cluster):
+@pytest.mark.slow  # a real two-node Ray cluster
+def test_ray_cluster_gives_the_local_executors_job_ids_and_numbers(tmp_path, ray_cluster, tiny_run):
+    """Against the session's local run of the tiny suite (one thread per job, as a Ray job with cpus_per_job =
+    1 gets)."""
     address, _, env = ray_cluster
-    suite = _suite(tmp_path)  # 2 teachers + ce, kd x 2 seeds
-    local = tmp_path / "local"
-    with _torch_threads(1):  # the threads a Ray job gets with cpus_per_job = 1
-        assert run_main("run", "--suite", suite, "--out", local, "--quiet").returncode == 0
+    suite = tiny_run.suite  # 2 teachers + ce, kd x 2 seeds
     out, cache = tmp_path / "ray", tmp_path / "ray-cache"  # a cache of its own: teachers trained on Ray
     proc = _run_ray(env, suite, out, address, "--cache-dir", cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "6 jobs run, 0 already done, 0 failed" in proc.stdout
     assert "[job 6/6 done, 0 running, 0 failed]" in proc.stderr  # progress: done / running / failed
     assert "ETA" in proc.stderr and "2 job(s) at a time" in proc.stderr
-    got, want = _records(out), _records(local)
+    got, want = _records(out), tiny_run.records()
     assert set(got) == set(want) and len(got) == 6
     for job_id, rec in want.items():
         for key in ("metrics", "flags", "flag_evidence", "train_history", "teacher", "student", "config"):
@@ -243,12 +243,12 @@ def test_ray_cluster_gives_the_local_executors_job_ids_and_numbers(tmp_path, ray
     assert proc.stderr.count("training teacher") == 2
     # the driver wrote the teacher cache, the same checkpoints as the local executor's
     trained = sorted((cache / "teachers").glob("*.pt"))
-    assert [p.name for p in trained] == sorted(p.name for p in (tmp_path / "cache" / "teachers").glob("*.pt"))
+    assert [p.name for p in trained] == sorted(p.name for p in (tiny_run.cache / "teachers").glob("*.pt"))
     import torch
 
     for path in trained:
         mine = torch.load(path, weights_only=True)
-        theirs = torch.load(tmp_path / "cache" / "teachers" / path.name, weights_only=True)
+        theirs = torch.load(tiny_run.cache / "teachers" / path.name, weights_only=True)
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert (out / "leaderboard.md").is_file()
 
@@ -258,7 +258,8 @@ def test_ray_cluster_gives_the_local_executors_job_ids_and_numbers(tmp_path, ray
 
 
 @needs_ray
-def test_a_killed_worker_is_retried_and_every_record_is_written(tmp_path, ray_cluster):
+@pytest.mark.slow  # a real two-node Ray cluster
+def test_a_killed_worker_is_retried_and_every_record_is_written(tmp_path, ray_cluster, tiny_teachers):
     address, cluster, env = ray_cluster
     # longer student jobs, so that one is caught running
     suite = _suite(tmp_path, **{"epochs = 2": "epochs = 12", "seeds = [1, 2]": "seeds = [1]"})
@@ -272,7 +273,8 @@ def test_a_killed_worker_is_retried_and_every_record_is_written(tmp_path, ray_cl
 
 
 @needs_ray
-def test_failures_are_recorded_like_local_ones_and_a_rerun_resumes(tmp_path, ray_cluster):
+@pytest.mark.slow  # a real two-node Ray cluster
+def test_failures_are_recorded_like_local_ones_and_a_rerun_resumes(tmp_path, ray_cluster, tiny_teachers):
     address, cluster, env = ray_cluster
     suite = _suite(tmp_path, **{"kd = {}": "kd = { temperature = 0.0 }\npointwise = {}",  # kd diverges: NaN
                                 "epochs = 2": "epochs = 12", "seeds = [1, 2]": "seeds = [1]"})
@@ -306,7 +308,8 @@ def test_failures_are_recorded_like_local_ones_and_a_rerun_resumes(tmp_path, ray
 
 
 @needs_ray
-def test_ctrl_c_keeps_every_finished_record(tmp_path, ray_cluster):
+@pytest.mark.slow  # a real two-node Ray cluster
+def test_ctrl_c_keeps_every_finished_record(tmp_path, ray_cluster, tiny_teachers):
     address, _, env = ray_cluster
     suite = _suite(tmp_path, **{"epochs = 2": "epochs = 100"})  # quick teacher jobs, slow students
     out = tmp_path / "out"

@@ -4,6 +4,7 @@ suites load and follow their protocol; `run --dry-run` prints the grid and a dev
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ EPS_8 = 8 / 255
 def check_records(out, suite_name, corruptions_from=None):
     from kdbench.cifar_c import with_cifar_c
 
-    suite = with_cifar_c(load_suite(suite_name), corruptions_from)
+    suite = with_cifar_c(load_suite(str(suite_name)), corruptions_from)
     records, bad = load_records(out)
     assert not bad and not (out / "failures").exists()
     assert {r["job_id"] for r in records} == {j.job_id for j in suite.jobs()}
@@ -31,25 +32,62 @@ def check_records(out, suite_name, corruptions_from=None):
     return records
 
 
-@pytest.mark.parametrize("suite_name,folder", [("robustness-mnist-smoke", "MNIST"),
-                                               ("robustness-fashion-smoke", "FashionMNIST")])
-def test_mnist_family_smoke_suites(tmp_path, monkeypatch, suite_name, folder):
+# Every method's contract and training steps are tested at small size (test_methods.py, test_methods_robust.py,
+# test_gpu_check.py), so a smoke run needs a few methods: here one for each way a job gets its teachers (none,
+# one standard, several, one trained at a temperature, an adversarial one, an adversarial and a standard one), a
+# layer-wise one (feature taps of the real architectures) and one that runs the teacher itself (no cached logits).
+SMOKE_METHODS = ("ce", "kd", "multi-teacher", "defensive", "rslad", "mtard", "hierarchical", "noise-kd")
+
+
+def smoke_subset(tmp_path, suite_name: str, methods) -> Path:
+    """The built-in suite `suite_name` (same name, data, pairs, training and evaluation) with `methods` only."""
+    import tomllib
+
+    from kdbench.methods import METHODS
+
+    doc = (ROOT / "benchmarks" / f"{suite_name}.toml").read_text()
+    table = tomllib.loads(doc)["methods"]
+    assert set(methods) <= set(table), set(methods) - set(table)
+    head, rest = doc.split("\n[methods]\n")
+    tail = rest[rest.index("\n["):]  # the tables after [methods]
+    lines = [line for line in rest[:rest.index("\n[")].splitlines() if line.split("=")[0].strip() in methods]
+    path = tmp_path / f"{suite_name}.toml"
+    path.write_text(head + "\n[methods]\n" + "\n".join(lines) + "\n" + tail)
+    subset = load_suite(str(path))
+    assert [m.name for m in subset.methods] == [m for m in table if m in methods]
+    full = load_suite(suite_name)
+    assert (subset.name, subset.data, subset.pairs, subset.train, subset.eval) == \
+        (full.name, full.data, full.pairs, full.train, full.eval)
+    if methods != ("ce", "kd"):  # every teacher kind of the full suite
+        kinds = lambda s: {t.kind for j in s.jobs() for t in j.teacher_specs()}  # noqa: E731
+        assert kinds(subset) == kinds(full)
+    if methods == SMOKE_METHODS:  # and both ways of getting teacher logits
+        assert {METHODS.get(m).uses_teacher_logits for m in methods} == {True, False}
+    return path
+
+
+@pytest.mark.parametrize("suite_name,folder,methods", [
+    ("robustness-mnist-smoke", "MNIST", SMOKE_METHODS),
+    ("robustness-fashion-smoke", "FashionMNIST", ("ce", "kd")),  # the MNIST family's other files: the data path
+])
+def test_mnist_family_smoke_suites(tmp_path, monkeypatch, suite_name, folder, methods):
     monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "elsewhere"))  # not the user's data folder
     write_mnist(tmp_path / "data", folder)
+    suite = smoke_subset(tmp_path, suite_name, methods)
     out = tmp_path / "out"
-    r = run_main("run", "--suite", suite_name, "--data-dir", tmp_path / "data", "--out", out, "--device", "cpu",
+    r = run_main("run", "--suite", suite, "--data-dir", tmp_path / "data", "--out", out, "--device", "cpu",
                  "--quiet")
     assert r.returncode == 0, r.stderr
-    records = check_records(out, suite_name)
+    records = check_records(out, suite)
     assert {r["dataset"] for r in records} == {load_suite(suite_name).data.name}
     assert all(f"pgd@{e}" in r["metrics"] for r in records for e in ("0.1", "0.2", "0.3"))
 
-    dry = run_main("run", "--suite", suite_name, "--out", out, "--dry-run", "--device", "cpu", "--quiet")
+    dry = run_main("run", "--suite", suite, "--out", out, "--dry-run", "--device", "cpu", "--quiet")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count(" done") == len(records) and "ESTIMATE for this device (cpu" in dry.stdout
 
     # `check --run` finds the data where `run` does: without --data-dir the dataset is missing (exit 2)
-    check = ("check", "--suite", suite_name, "--run", "--out", out, "--results", tmp_path / "results", "--device",
+    check = ("check", "--suite", suite, "--run", "--out", out, "--results", tmp_path / "results", "--device",
              "cpu", "--quiet", "--update-baseline")
     missing = run_main(*check)
     assert missing.returncode == 2 and f"dataset {load_suite(suite_name).data.name!r} is not in" in missing.stderr
@@ -59,20 +97,24 @@ def test_mnist_family_smoke_suites(tmp_path, monkeypatch, suite_name, folder):
     assert r.returncode == 0 and "0 regressed" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # WRN-34-10 teachers (46M parameters) trained and attacked on the CPU
 def test_cifar10_smoke_suite_with_cifar_c(tmp_path, monkeypatch):
+    """Of the suite's methods, the two whose wiring differs (the attack through the teacher; an adversarial and a
+    standard teacher): with them every teacher kind of the suite is trained."""
     patch_cifar_checksums(monkeypatch)
     written = write_cifar(tmp_path / "data", 10)
     corruptions = write_cifar_c(tmp_path / "CIFAR-10-C", *written["test"])
+    suite = smoke_subset(tmp_path, "robustness-cifar10-smoke", ("adaad", "mtard"))
     out = tmp_path / "out"
     # one process: the patched checksums do not reach worker processes
-    r = run_main("run", "--suite", "robustness-cifar10-smoke", "--data-dir", tmp_path / "data", "--corruptions-from",
+    r = run_main("run", "--suite", suite, "--data-dir", tmp_path / "data", "--corruptions-from",
                  corruptions, "--out", out, "--device", "cpu", "--quiet", "--workers", "1", "--cpus-per-job", "2")
     assert r.returncode == 0, r.stderr
-    records = check_records(out, "robustness-cifar10-smoke", corruptions)
+    records = check_records(out, suite, corruptions)
     students = [r for r in records if r["role"] == "student"]
     assert {r["pair"] for r in students} == {"wrn-34-10->resnet18", "wrn-34-10->mobilenetv2"}
-    assert {r["method"] for r in students} == {m.name for m in load_suite("robustness-cifar10-smoke").methods}
-    assert {"ard", "rslad", "adaad", "mtard"} <= {r["method"] for r in students}
+    assert {r["method"] for r in students} == {"adaad", "mtard"}
+    assert {r["teacher_kind"] for r in records if r["role"] == "teacher"} == {"adversarial", "trades", "standard"}
     for rec in records:
         m = rec["metrics"]
         assert {"cifar-c/gaussian_noise/1", "cifar-c/fog/5", "cifar-c/mca", "corruption/contrast/5"} <= set(m)

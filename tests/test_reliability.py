@@ -4,13 +4,15 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_SUITE, run_cli, run_main
+from conftest import ROOT, TINY_SUITE, run_cli, run_main
 from kdbench.__main__ import main
 from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS, Distiller
@@ -93,12 +95,33 @@ def test_a_second_run_on_a_locked_folder_exits_with_a_clear_message(tmp_path, ti
     assert not (out / "records").exists()
 
 
+HOLD_LOCK = """
+import sys, time
+from kdbench.safety import results_lock
+with results_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
 def test_lock_is_released_when_the_holder_exits(tmp_path):
+    """Another process holds the lock: refused while it lives, free as soon as it dies, even by SIGKILL (no
+    clean-up code runs); a lock left by a `with` block is free again too."""
     out = tmp_path / "out"
     out.mkdir()
-    with results_lock(out):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(KdbenchError, match=rf"is in use by another kdbench run \(pid {holder.pid}\)"):
+            with results_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with results_lock(out):  # the lock died with its holder
         pass
-    with results_lock(out):  # re-acquirable
+    with results_lock(out):  # and the `with` block above released it
         pass
 
 
@@ -106,7 +129,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, tiny_suite):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     t0 = time.perf_counter()
-    proc = run_cli("run", "--suite", tiny_suite, "--out", blocker / "out", "--quiet")
+    proc = run_main("run", "--suite", tiny_suite, "--out", blocker / "out", "--quiet")  # in this process: no start-up
     assert proc.returncode == 2
     assert "is not writable" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 30
@@ -153,11 +176,10 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         load_state_dict(bad, "cpu")
 
 
-def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path):
-    suite = _suite_file(tmp_path, "kd = {}")
-    out = tmp_path / "out"
-    assert run_cli("run", "--suite", suite, "--out", out, "--quiet").returncode == 0
-    record = next(p for p in (out / "records").glob("*.json") if json.loads(p.read_text())["role"] == "student")
+def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path, tiny_run):
+    """kd on seed 1 of the session's tiny run, re-run from its record alone (its teacher trained again)."""
+    record = next(tiny_run.out / "records" / f"{job_id}.json" for job_id, r in tiny_run.records().items()
+                  if r["method"] == "kd" and r["seed"] == 1)
     proc = run_main("reproduce", record, "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 differ" in proc.stdout
@@ -224,7 +246,7 @@ def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_co
     assert not marker.exists()
     reasons = [json.loads(p.read_text())["reason"] for p in (out / "failures").glob("*.json")]
     assert reasons and all("cannot load checkpoint" in r for r in reasons)
-    assert not list((out / "records").glob("*.json")) if (out / "records").exists() else True
+    assert not list((out / "records").glob("*.json"))  # (a missing folder holds none)
 
 
 def test_a_diverging_loss_names_its_first_non_finite_step_and_the_epoch_means_are_exact():

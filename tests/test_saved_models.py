@@ -37,15 +37,15 @@ def _digits_input():
     return data, ModelInput(data.shape, data.num_classes, data.mean, data.std)
 
 
-def test_saved_student_evaluates_to_its_record_and_exports(tmp_path):
-    suite = tmp_path / "tiny.toml"
-    suite.write_text(ONE_SEED_KD)
-    out, cache = tmp_path / "tiny", tmp_path / "cache"
-    r = run_cli("run", "--suite", suite, "--out", out, "--cache-dir", cache, "--quiet")
-    assert r.returncode == 0, r.stderr
+def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, tiny_teachers):
+    """On seed 1 of the session's tiny run (its records and saved students)."""
+    suite = tiny_run.suite
+    every = [rec for rec in tiny_run.records().values() if rec["role"] == "student"]
+    assert {p.stem for p in (tiny_run.out / "students").glob("*.pt")} == {rec["job_id"] for rec in every}
+    out, cache = tiny_run.copy_to(tmp_path / "tiny", keep=lambda r: r["seed"] == 1), tiny_teachers
     records = _records(out)
     students = [rec for rec in records if rec["role"] == "student"]
-    assert {p.stem for p in (out / "students").glob("*.pt")} == {rec["job_id"] for rec in students}
+    assert len(records) == 3 and len(students) == 2
     from kdbench.pretrained import file_sha256
 
     for rec in students:
@@ -91,8 +91,8 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path):
 
     # --no-save-students: records without weights, no students/ folder
     bare = tmp_path / "bare"
-    r = run_cli("run", "--suite", suite, "--out", bare, "--cache-dir", cache, "--methods", "ce", "--no-save-students",
-                "--quiet")
+    r = run_cli("run", "--suite", suite, "--out", bare, "--cache-dir", cache, "--methods", "ce", "--seeds", "1",
+                "--no-save-students", "--quiet")
     assert r.returncode == 0, r.stderr
     assert not (bare / "students").exists()
     assert all("weights" not in rec["student"] for rec in _records(bare))

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_SUITE, run_cli, run_main
+from conftest import ROOT, run_cli, run_main
 
 from kdbench.examples import masks_of, pack, unpack
 from kdbench.paired import compare, crossed, holm, mcnemar, seed_t
@@ -105,21 +105,17 @@ def test_the_committed_records_are_paired_on_seeds():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny suite (ce, kd; seeds 1, 2) run on one thread per job, with its baseline."""
+def tiny_checked(tiny_run, tmp_path_factory):
+    """The session's tiny suite run (ce, kd; seeds 1, 2; one thread per job) with its baseline."""
     root = tmp_path_factory.mktemp("stats")
-    suite = root / "tiny.toml"
-    suite.write_text(TINY_SUITE)
     results = root / "results"
-    proc = run_cli("run", "--suite", suite, "--out", results / "tiny", "--workers", "1", "--cpus-per-job", "1",
-                   "--cache-dir", root / "cache", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    assert run_main("check", "--suite", suite, "--results", results, "--update-baseline").returncode == 0
-    return suite, results, root
+    tiny_run.copy_to(results / "tiny")
+    assert run_main("check", "--suite", tiny_run.suite, "--results", results, "--update-baseline").returncode == 0
+    return tiny_run.suite, results, root
 
 
-def _copy(tiny_run, name):
-    suite, results, root = tiny_run
+def _copy(tiny_checked, name):
+    suite, results, root = tiny_checked
     out = root / name
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(results / "tiny", out)
@@ -134,15 +130,13 @@ def _edit(folder, method, seeds, fn):
             p.write_text(json.dumps(doc))
 
 
-def _check(tiny_run, out):
-    suite, results, _ = tiny_run
+def _check(tiny_checked, out):
+    suite, results, _ = tiny_checked
     return run_main("check", "--suite", suite, "--results", results, "--out", out)
 
 
 def test_records_keep_per_example_correctness_and_their_machine(tiny_run):
-    _, results, _ = tiny_run
-    for p in (results / "tiny" / "records").glob("*.json"):
-        rec = json.loads(p.read_text())
+    for rec in tiny_run.records().values():
         masks = masks_of(rec)
         assert set(masks) == {"clean", "robust@0.1"} and rec["examples"]["n"] == 359  # 20% of the 1797 digits
         for name, mask in masks.items():
@@ -150,58 +144,70 @@ def test_records_keep_per_example_correctness_and_their_machine(tiny_run):
         assert rec["env"]["cpu"]["model"] and rec["env"]["threads"] == 1 and "gpu" in rec["env"]
 
 
-def test_check_is_exact_on_the_same_machine(tiny_run):
-    same = _copy(tiny_run, "same")
-    ok = _check(tiny_run, same)
+def test_check_is_exact_on_the_same_machine(tiny_checked):
+    same = _copy(tiny_checked, "same")
+    ok = _check(tiny_checked, same)
     assert ok.returncode == 0 and "same machine" in ok.stdout and "0 regressed" in ok.stdout
 
     # an injected 5-point drop of kd's robust@0.1 on every seed
     _edit(same, "kd", (1, 2), lambda d: d["metrics"].update({"robust@0.1": d["metrics"]["robust@0.1"] - 0.05}))
-    bad = _check(tiny_run, same)
+    bad = _check(tiny_checked, same)
     assert bad.returncode == 1 and "kd: robust@0.1 (seed 1)" in bad.stderr and "(seed 2)" in bad.stderr
 
     # a 2-point change on one seed is reported (the old gate allowed 3 standard errors, never under 2 points)
-    again = _copy(tiny_run, "again")
+    again = _copy(tiny_checked, "again")
     _edit(again, "ce", (2,), lambda d: d["metrics"].update({"clean": d["metrics"]["clean"] - 0.02}))
-    one = _check(tiny_run, again)
+    one = _check(tiny_checked, again)
     assert one.returncode == 1 and "ce: clean (seed 2)" in one.stderr and "1 regressed" in one.stdout
 
 
-def test_check_across_thread_counts_uses_the_noise_model(tmp_path, tiny_suite):
-    """ce on seed 1, run on 1 then 2 threads (not bit-identical): nothing changed, so check passes."""
-    results, cache = tmp_path / "results", tmp_path / "cache"
-    args = ("--suite", tiny_suite, "--methods", "ce", "--seeds", "1", "--workers", "1", "--quiet")
-    assert run_cli("run", *args, "--out", results / "tiny", "--cpus-per-job", "1", "--cache-dir", cache).returncode == 0
-    assert run_main("check", "--suite", tiny_suite, "--results", results, "--update-baseline").returncode == 0
+def test_check_across_thread_counts_uses_the_noise_model(tmp_path, tiny_run):
+    """ce on seed 1, run on 1 thread (the session's run) then on 2 (not bit-identical): nothing changed, so check
+    passes."""
+    results = tmp_path / "results"
+    tiny_run.copy_to(results / "tiny", keep=lambda r: r["seed"] == 1 and r["method"] == "ce")
+    suite = tiny_run.suite
+    assert run_main("check", "--suite", suite, "--results", results, "--update-baseline").returncode == 0
     two = tmp_path / "two-threads"
-    proc = run_cli("run", *args, "--out", two, "--cpus-per-job", "2", "--cache-dir", cache, timeout=900)
+    proc = run_cli("run", "--suite", suite, "--methods", "ce", "--seeds", "1", "--workers", "1", "--quiet", "--out",
+                   two, "--cpus-per-job", "2", "--cache-dir", tmp_path / "cache", timeout=900)
     assert proc.returncode == 0, proc.stderr
-    ok = run_main("check", "--suite", tiny_suite, "--results", results, "--out", two)
+    ok = run_main("check", "--suite", suite, "--results", results, "--out", two)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "other machine" in ok.stdout and "same machine" not in ok.stdout
+    assert {json.loads(p.read_text())["env"]["threads"] for p in (two / "records").glob("*.json")} == {2}
 
     # a real drop is still caught across machines: ce's clean accuracy 8 points lower
     _edit(two, "ce", (1,), lambda d: d["metrics"].update({"clean": d["metrics"]["clean"] - 0.08}))
-    bad = run_main("check", "--suite", tiny_suite, "--results", results, "--out", two)
+    bad = run_main("check", "--suite", suite, "--results", results, "--out", two)
     assert bad.returncode == 1 and "ce: clean" in bad.stderr
 
 
-def test_reproduce_on_another_machine_expects_its_noise(tmp_path):
-    """A committed record whose recorded CPU is another: within the expected noise exits 0, a real change 1."""
-    path = next(p for p in sorted(RECORDS.glob("*.json"))
-                if json.loads(p.read_text())["method"] == "teacher:standard" and json.loads(p.read_text())["seed"] == 1)
-    doc = json.loads(path.read_text())
+def test_reproduce_on_another_machine_expects_its_noise(tmp_path, monkeypatch, capsys, tiny_run):
+    """A record (the session's tiny-suite teacher, seed 1) whose recorded CPU is another: within the expected noise
+    exits 0, a real change 1 (compared with the same re-run: the comparison is a function of the two records)."""
+    from kdbench import reproduce
+
+    doc = next(r for r in tiny_run.records().values() if r["method"] == "teacher:standard" and r["seed"] == 1)
     doc["env"]["cpu"] = {"model": "Some Other CPU", "capability": "AVX512", "flags": ["avx2", "avx512f", "fma"]}
     faked = tmp_path / "faked.json"
     faked.write_text(json.dumps(doc))
+    reruns, compare = [], reproduce.compare_rerun
+
+    def keep_rerun(record, again, tolerance):
+        reruns.append(again)
+        return compare(record, again, tolerance)
+
+    monkeypatch.setattr(reproduce, "compare_rerun", keep_rerun)
     proc = run_main("reproduce", faked, "--cache-dir", tmp_path / "cache", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "different machine" in proc.stdout and "differences up to" in proc.stdout
+    (again,) = reruns
+    assert again["job_id"] == doc["job_id"]
 
     doc["metrics"]["robust@0.1"] -= 0.25  # far beyond machine noise
-    faked.write_text(json.dumps(doc))
-    proc = run_main("reproduce", faked, "--cache-dir", tmp_path / "cache", "--quiet")
-    assert proc.returncode == 1 and "robust@0.1" in proc.stdout
+    capsys.readouterr()
+    assert compare(doc, again, None) == 1 and "robust@0.1" in capsys.readouterr().out
 
 
 def test_adversarial_methods_are_also_compared_with_adversarial_training():

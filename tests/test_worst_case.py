@@ -36,6 +36,7 @@ def masked():
     return model.eval().requires_grad_(False), data.x_test[:200], data.y_test[:200]
 
 
+@pytest.mark.slow  # the default suite's attacks at full strength, against 100-step, 3-restart attacks
 def test_masked_model_worst_case_holds_against_a_strong_independent_attack(masked):
     model, x, y = masked
     metrics, _, details = evaluate(model, x, y, 10, EV, seed=1, headline_eps=0.1)

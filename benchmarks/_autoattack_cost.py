@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdbench.attacks import ATTACKS
-from kdbench.fold import fold_batch_norm
-from kdbench.gpu import full_precision, place
-from kdbench.models import build_model
-from kdbench.suite import load_suite
+from kdbench.evaluation.attacks import ATTACKS
+from kdbench.models.fold import fold_batch_norm
+from kdbench.core.gpu import full_precision, place
+from kdbench.models.registry import build_model
+from kdbench.suite.load import load_suite
 
 from _gpu_checks import INP, attack_stages, run_on_survivors, synthetic
 

@@ -18,16 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdbench.attacks import ATTACKS, build_attack
-from kdbench.corruptions import CORRUPTIONS, corrupt
-from kdbench.evaluate import evaluate
-from kdbench.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place
+from kdbench.evaluation.attacks import ATTACKS, build_attack
+from kdbench.data.corruptions import CORRUPTIONS, corrupt
+from kdbench.evaluation.evaluate import evaluate
+from kdbench.core.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place
 from kdbench.methods import METHODS, Batch, TrainContext
-from kdbench.models import ModelInput, build_model
-from kdbench.suite import REPO_BENCHMARKS, parse_suite
-from kdbench.suite_configs import EvalConfig
-from kdbench.teachers import TEACHER_KINDS
-from kdbench.train import fit
+from kdbench.models.registry import ModelInput, build_model
+from kdbench.suite.load import REPO_BENCHMARKS, parse_suite
+from kdbench.suite.configs import EvalConfig
+from kdbench.training.teachers import TEACHER_KINDS
+from kdbench.training.loop import fit
 
 SETTINGS = ("bf16", "fp16", "off")
 FP16_STEPS = 20
@@ -283,8 +283,8 @@ def smoke_suite(setting: str, size: Size, data: str):
 def check_smoke(device: torch.device, setting: str, size: Size, workdir: Path, data_dir: Path | None) -> list[dict]:
     """The CIFAR-10 smoke suite end to end through `run_suite`: every job writes a record, no failures, every
     metric finite. On the CPU the `[gpu]` settings do not apply to a suite's jobs, so one run covers them."""
-    from kdbench.records import load_records
-    from kdbench.driver import run_suite
+    from kdbench.records.store import load_records
+    from kdbench.execution.driver import run_suite
 
     data = "cifar10"
     if data_dir is None:

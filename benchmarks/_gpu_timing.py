@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdbench.attacks import build_attack
-from kdbench.estimate import count_passes, data_shape, eval_grad_steps
-from kdbench.fold import fold_batch_norm
-from kdbench.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place, training_precision
+from kdbench.evaluation.attacks import build_attack
+from kdbench.execution.estimate import count_passes, data_shape, eval_grad_steps
+from kdbench.models.fold import fold_batch_norm
+from kdbench.core.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place, training_precision
 from kdbench.methods import METHODS
-from kdbench.models import build_model, count_macs
-from kdbench.suite import load_suite, parse_suite
-from kdbench.suite_configs import EvalConfig
-from kdbench.train import fit
+from kdbench.models.registry import build_model, count_macs
+from kdbench.suite.load import load_suite, parse_suite
+from kdbench.suite.configs import EvalConfig
+from kdbench.training.loop import fit
 
 from _gpu_checks import EPS, INP, job_step, synthetic
 
@@ -185,7 +185,7 @@ def suite_hours_from_timings(rows: list[dict], plan: TimingPlan) -> dict:
 
 def suite_flops() -> dict:
     """FLOPs of robustness-cifar10: per job, epochs x images x (forward passes per step counted by
-    `kdbench.estimate.count_passes`, each with its backward: 3x a forward's FLOPs; the teachers' per-batch logits:
+    `kdbench.execution.estimate.count_passes`, each with its backward: 3x a forward's FLOPs; the teachers' per-batch logits:
     1x), plus the evaluation's attack steps (3x a forward each, every test image attacked) and forward passes.
     A forward's FLOPs are 2 x its multiply-accumulates (`count_macs`)."""
     suite = load_suite("robustness-cifar10")

@@ -47,7 +47,7 @@ def default_train_config(batch_size: int | None = None, shape: str = "digits"):
     shape robustness-cifar10's, with its batch size replaced by `batch_size` when given."""
     import dataclasses
 
-    from kdbench.suite import load_suite
+    from kdbench.suite.load import load_suite
 
     train = load_suite("robustness-cifar10" if shape == "cifar" else "robustness").jobs()[0].train
     return train if batch_size is None else dataclasses.replace(train, batch_size=batch_size)
@@ -65,8 +65,8 @@ def add_shape_arg(ap) -> None:
 def bench_data(shape: str, n_train: int = 256, n_test: int = 128):
     """The data of a benchmark: the bundled digits, or synthetic CIFAR-shaped images (3x32x32 in [0, 1], ten
     classes, as gpu_check.py makes them; the timings do not depend on the pixel values)."""
-    from kdbench.data import load_data
-    from kdbench.datasets import DataConfig, make_tensor_data
+    from kdbench.data.load import load_data
+    from kdbench.data.registry import DataConfig, make_tensor_data
 
     if shape == "digits":
         return load_data(DataConfig())

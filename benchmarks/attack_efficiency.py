@@ -21,11 +21,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import add_shape_arg, bench_data, paired_ratio, ratio_line  # noqa: E402
 
-from kdbench.attacks import build_attack  # noqa: E402
-from kdbench.gpu import place  # noqa: E402
-from kdbench.models import ModelInput, build_model  # noqa: E402
-from kdbench.suite_configs import EvalConfig, TrainConfig  # noqa: E402
-from kdbench.teachers import TEACHER_KINDS  # noqa: E402
+from kdbench.evaluation.attacks import build_attack  # noqa: E402
+from kdbench.core.gpu import place  # noqa: E402
+from kdbench.models.registry import ModelInput, build_model  # noqa: E402
+from kdbench.suite.configs import EvalConfig, TrainConfig  # noqa: E402
+from kdbench.training.teachers import TEACHER_KINDS  # noqa: E402
 
 
 def floor_passes(model, x, y, k):

@@ -20,9 +20,9 @@ from _timing import ratio_line  # noqa: E402
 
 import torch  # noqa: E402
 
-from kdbench.report import write_reports  # noqa: E402
-from kdbench.driver import run_suite  # noqa: E402
-from kdbench.suite import parse_suite  # noqa: E402
+from kdbench.reporting.report import write_reports  # noqa: E402
+from kdbench.execution.driver import run_suite  # noqa: E402
+from kdbench.suite.load import parse_suite  # noqa: E402
 
 SUITE = """
 name = "cold-warm"

@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import ratio_line  # noqa: E402
 
-from kdbench.resources import local_workers  # noqa: E402
-from kdbench.data import load_data  # noqa: E402
-from kdbench.datasets import DataConfig  # noqa: E402
-from kdbench.models import ModelInput, build_model  # noqa: E402
-from kdbench.records import load_records  # noqa: E402
-from kdbench.driver import run_suite  # noqa: E402
-from kdbench.suite import parse_suite  # noqa: E402
+from kdbench.execution.resources import local_workers  # noqa: E402
+from kdbench.data.load import load_data  # noqa: E402
+from kdbench.data.registry import DataConfig  # noqa: E402
+from kdbench.models.registry import ModelInput, build_model  # noqa: E402
+from kdbench.records.store import load_records  # noqa: E402
+from kdbench.execution.driver import run_suite  # noqa: E402
+from kdbench.suite.load import parse_suite  # noqa: E402
 
 METHODS = ("ce", "kd", "pointwise")
 SEEDS = (1, 2)

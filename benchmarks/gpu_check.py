@@ -37,8 +37,8 @@ import _autoattack_cost as aa  # noqa: E402
 import _gpu_checks as checks  # noqa: E402
 import _gpu_timing as timing  # noqa: E402
 
-from kdbench.records import atomic_write_text  # noqa: E402
-from kdbench.workspace import torch_threads  # noqa: E402
+from kdbench.records.store import atomic_write_text  # noqa: E402
+from kdbench.execution.workspace import torch_threads  # noqa: E402
 
 SECTIONS = ("methods", "attacks", "corruptions", "determinism", "smoke", "timing", "autoattack", "estimate")
 

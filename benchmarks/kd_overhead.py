@@ -19,10 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import add_shape_arg, bench_data, default_train_config, paired_ratio, ratio_line  # noqa: E402
 
-from kdbench.gpu import place  # noqa: E402
+from kdbench.core.gpu import place  # noqa: E402
 from kdbench.methods import METHODS, Batch, TrainContext  # noqa: E402
-from kdbench.models import ModelInput, build_model  # noqa: E402
-from kdbench.train import fit, predict_logits  # noqa: E402
+from kdbench.models.registry import ModelInput, build_model  # noqa: E402
+from kdbench.training.loop import fit, predict_logits  # noqa: E402
 
 
 CPU = torch.device("cpu")

@@ -14,7 +14,7 @@ import time
 import torch
 
 from kdbench.methods import METHODS, Batch, TrainContext
-from kdbench.models import ModelInput, build_model
+from kdbench.models.registry import ModelInput, build_model
 
 INP = ModelInput((1, 8, 8), 10, (0.3,), (0.37,))
 CTX = TrainContext(10, (1, 8, 8), 20, 0.1, 5, 0.05)

@@ -1,4 +1,4 @@
-"""Level and power of the leaderboard's paired tests (kdbench/paired.py) on simulated comparisons shaped like the
+"""Level and power of the leaderboard's paired tests (kdbench/stats/paired.py) on simulated comparisons shaped like the
 default suite's: 3 seeds x 359 test examples.
 
 Each example i has a difficulty p_i ~ Beta(a, b); the baseline classifies it correctly with probability p_i, the
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdbench.paired import crossed, seed_t  # noqa: E402
+from kdbench.stats.paired import crossed, seed_t  # noqa: E402
 
 CASES = [(0.0, 0.0), (0.0, 0.02), (0.0, 0.05), (0.03, 0.0), (0.05, 0.0), (0.05, 0.03)]  # (effect, tau)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kdbench.resources import usable_cores  # noqa: E402
+from kdbench.execution.resources import usable_cores  # noqa: E402
 
 # the Ray instance stays on the loopback interface and writes no token file: a single-machine measurement
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}

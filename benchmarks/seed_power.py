@@ -3,7 +3,7 @@
 Reads a suite's records (default: the committed results/robustness), and for every comparison the leaderboard
 makes on robust@headline (each student against the baselines its method declares: `ce`, and `at` for the
 adversarial distillers) estimates the variance components of the two-way (seeds x examples) random-effects model
-that kdbench/paired.py tests with:
+that kdbench/stats/paired.py tests with:
 
     D[s, i] = mu + a_s + b_i + e_si,  Var(a) = s2_seed, Var(b) = s2_ex, Var(e) = s2_err
     Var(mean D) with k seeds = s2_seed / k + s2_ex / N + s2_err / (k N)
@@ -30,10 +30,10 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdbench.deltas import baselines_of  # noqa: E402
-from kdbench.examples import masks_of  # noqa: E402
-from kdbench.paired import ALPHA, POWER  # noqa: E402
-from kdbench.records import load_records  # noqa: E402
+from kdbench.reporting.deltas import baselines_of  # noqa: E402
+from kdbench.records.examples import masks_of  # noqa: E402
+from kdbench.stats.paired import ALPHA, POWER  # noqa: E402
+from kdbench.records.store import load_records  # noqa: E402
 
 
 def components(D: np.ndarray) -> tuple[float, float, float]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import build_parser
-from .cli_results import cmd_check, cmd_evaluate, cmd_export, cmd_leaderboard, cmd_list
-from .cli_run import cmd_reproduce, cmd_run
-from .errors import KdbenchError
+from .cli.args import build_parser
+from .cli.results import cmd_check, cmd_evaluate, cmd_export, cmd_leaderboard, cmd_list
+from .cli.run import cmd_reproduce, cmd_run
+from .core.errors import KdbenchError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,10 +112,10 @@ def trained_digits_model():
     """A small undefended CNN trained briefly on digits (CE, 10 epochs), in eval mode, and the digits data."""
     import torch
 
-    from kdbench.data import load_data
-    from kdbench.datasets import DataConfig
-    from kdbench.models import ModelInput, build_model
-    from kdbench.train import fit
+    from kdbench.data.load import load_data
+    from kdbench.data.registry import DataConfig
+    from kdbench.models.registry import ModelInput, build_model
+    from kdbench.training.loop import fit
 
     torch.manual_seed(0)
     data = load_data(DataConfig())

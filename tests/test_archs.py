@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from conftest import PRETRAINED_SUITE
-from kdbench.errors import KdbenchError
-from kdbench.models import MODELS, ModelInput, build_model, count_macs, count_params
+from kdbench.core.errors import KdbenchError
+from kdbench.models.registry import MODELS, ModelInput, build_model, count_macs, count_params
 
 # arch -> (input shape, parameter range for 10 classes)
 ARCHS = {
@@ -87,10 +87,10 @@ def write_suite(tmp_path, teacher: str, methods: str = "kd = {}") -> str:
 
 
 def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model):
-    from kdbench.records import load_records
-    from kdbench.driver import run_suite
-    from kdbench.suite import load_suite
-    from kdbench.train import predict_logits
+    from kdbench.records.store import load_records
+    from kdbench.execution.driver import run_suite
+    from kdbench.suite.load import load_suite
+    from kdbench.training.loop import predict_logits
 
     teacher, data = digits_teacher(trained_digits_model)
     (tmp_path / "ckpt").mkdir()
@@ -117,9 +117,9 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     assert records["teacher"]["method"] == "teacher:pretrained"
 
     # loaded in the layout of a trained teacher (channels-last on the CPU), frozen, in eval mode
-    from kdbench.run_progress import Progress
-    from kdbench.teacher_cache import get_teacher
-    from kdbench.workspace import Workspace
+    from kdbench.execution.run_progress import Progress
+    from kdbench.training.teacher_cache import get_teacher
+    from kdbench.execution.workspace import Workspace
 
     job = jobs[1]
     loaded = get_teacher(job.teacher_specs()[0], job, Workspace(torch.device("cpu"), tmp_path / "cache"),
@@ -137,15 +137,15 @@ def test_checkpoint_teacher_is_loaded_not_trained(tmp_path, trained_digits_model
     assert not {j.job_id for j in changed.jobs()} & {j.job_id for j in jobs}
 
     # the record's config rebuilds the same job (reproduce)
-    from kdbench.jobs import job_from_config
+    from kdbench.suite.jobs import job_from_config
 
     rec = records["student"]
     assert job_from_config(json.loads(json.dumps(rec["config"]))).job_id == rec["job_id"]
 
 
 def test_mismatched_checkpoint_lists_the_keys(tmp_path, trained_digits_model):
-    from kdbench.pretrained import load_pretrained
-    from kdbench.suite import load_suite
+    from kdbench.training.pretrained import load_pretrained
+    from kdbench.suite.load import load_suite
 
     teacher, data = digits_teacher(trained_digits_model)
     torch.save(teacher.state_dict(), tmp_path / "t.pt")
@@ -166,7 +166,7 @@ def test_mismatched_checkpoint_lists_the_keys(tmp_path, trained_digits_model):
 
 def test_foreign_checkpoint_without_normalization(tmp_path):
     """A TRADES-style WRN state dict: no normalize buffers, an unused sub_block1; loads with normalize = "none"."""
-    from kdbench.pretrained import PretrainedTeacher, file_sha256, load_pretrained
+    from kdbench.training.pretrained import PretrainedTeacher, file_sha256, load_pretrained
 
     shape = (3, 32, 32)
     src = build_model("wrn-16-4", inp(shape))
@@ -187,7 +187,7 @@ def test_foreign_checkpoint_without_normalization(tmp_path):
 
 
 def test_a_checkpoint_that_is_not_a_plain_state_dict_is_refused(tmp_path):
-    from kdbench.pretrained import PretrainedTeacher, load_pretrained
+    from kdbench.training.pretrained import PretrainedTeacher, load_pretrained
 
     torch.save({"model": nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a pickled module: weights_only refuses it
     pre = PretrainedTeacher("checkpoint", str(tmp_path / "pickled.pt"), "resnet20", "0" * 64)
@@ -208,7 +208,7 @@ def test_a_checkpoint_that_is_not_a_plain_state_dict_is_refused(tmp_path):
     ('{ checkpoint = "t.pt", arch = "cnn-large", kind = "robust" }', "unknown teacher kind in .*'robust'"),
 ])
 def test_teacher_table_errors(tmp_path, table, message):
-    from kdbench.suite import load_suite
+    from kdbench.suite.load import load_suite
 
     torch.save({}, tmp_path / "t.pt")
     with pytest.raises(KdbenchError, match=message):
@@ -234,9 +234,9 @@ def fake_robustbench(monkeypatch, model):
 
 
 def test_robustbench_teacher_through_a_fake_loader(tmp_path, monkeypatch, trained_digits_model):
-    from kdbench.records import load_records
-    from kdbench.driver import run_suite
-    from kdbench.suite import load_suite
+    from kdbench.records.store import load_records
+    from kdbench.execution.driver import run_suite
+    from kdbench.suite.load import load_suite
 
     teacher, _ = digits_teacher(trained_digits_model)
     calls = fake_robustbench(monkeypatch, teacher)
@@ -254,7 +254,7 @@ def test_robustbench_teacher_through_a_fake_loader(tmp_path, monkeypatch, traine
 
 
 def test_robustbench_missing_package_is_a_clear_error(tmp_path, monkeypatch):
-    from kdbench.pretrained import PretrainedTeacher, load_pretrained
+    from kdbench.training.pretrained import PretrainedTeacher, load_pretrained
 
     monkeypatch.setitem(sys.modules, "robustbench", None)  # import fails
     with pytest.raises(KdbenchError, match=r"pip install 'kdbench\[robustbench\]'"):
@@ -267,7 +267,7 @@ def test_real_robustbench_model(tmp_path):
     pytest.importorskip("robustbench")
     if not __import__("os").environ.get("KDBENCH_NETWORK_TESTS"):
         pytest.skip("set KDBENCH_NETWORK_TESTS=1 to download a RobustBench model")
-    from kdbench.pretrained import PretrainedTeacher, load_pretrained
+    from kdbench.training.pretrained import PretrainedTeacher, load_pretrained
 
     model = load_pretrained(PretrainedTeacher("robustbench", "Standard", dataset="cifar10", threat_model="Linf"),
                             inp((3, 32, 32)), "cpu", tmp_path)

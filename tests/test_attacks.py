@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kdbench.attacks import ATTACKS, build_attack, run_attack
-from kdbench.suite_configs import EvalConfig
-from kdbench.train import predict_logits
+from kdbench.evaluation.attacks import ATTACKS, build_attack, run_attack
+from kdbench.suite.configs import EvalConfig
+from kdbench.training.loop import predict_logits
 
 EPS = 0.1
 FAST = EvalConfig(pgd_steps=10, apgd_steps=10, square_queries=200)
@@ -63,7 +63,7 @@ def test_autoattack_is_bounded_and_at_least_as_strong_as_torchattacks_default(to
     torchattacks' `AutoAttack(version="standard")` (10-step components), on the same examples."""
     import torchattacks
 
-    from kdbench.attacks import attack_correct
+    from kdbench.evaluation.attacks import attack_correct
 
     model, x, y = toy
     x, y, eps = x[:48], y[:48], 0.04
@@ -108,8 +108,8 @@ def test_evaluation_attacks_each_eps_only_on_the_examples_that_survived_the_smal
     """`<attack>@<eps>`: eps run in increasing order (whatever the suite's order); an attack runs only on the
     examples it has not broken yet (clean-correct, and robust to it at every smaller eps), so per-attack
     accuracy never rises with eps and never exceeds clean accuracy."""
-    import kdbench.attacks as attacks_mod
-    import kdbench.evaluate as ev_mod
+    import kdbench.evaluation.attacks as attacks_mod
+    import kdbench.evaluation.evaluate as ev_mod
 
     model, x, y = toy
     attacked = []  # (attack class, examples) per call
@@ -136,10 +136,10 @@ def test_evaluation_attacks_each_eps_only_on_the_examples_that_survived_the_smal
 def test_a_new_attack_is_checked_and_costed_from_its_entry():
     """Whether `check` compares an attack's metrics is a fact of its registry entry: a newly registered attack is
     checked with no other edit, and one registered with checked=False is not."""
-    from kdbench.attacks import AttackDef
-    from kdbench.check import is_checked
+    from kdbench.evaluation.attacks import AttackDef
+    from kdbench.reporting.check import is_checked
 
-    from kdbench.estimate import eval_grad_steps
+    from kdbench.execution.estimate import eval_grad_steps
 
     pgd = ATTACKS.get("pgd")
     ev = EvalConfig(attacks=("pgd",), eps=(0.1,), sweep_eps=(), sanity=False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdbench.corruptions import CORRUPTIONS, corrupt
+from kdbench.data.corruptions import CORRUPTIONS, corrupt
 
 
 def images(size=32, channels=3, n=16):

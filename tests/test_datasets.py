@@ -10,9 +10,9 @@ import torch
 from conftest import run_main
 from fake_datasets import patch_cifar_checksums, write_cifar, write_cifar_c, write_mnist, write_png_folder
 
-from kdbench.data import load_data, resolve_data_config
-from kdbench.datasets import DataConfig, config_dict
-from kdbench.errors import KdbenchError
+from kdbench.data.load import load_data, resolve_data_config
+from kdbench.data.registry import DataConfig, config_dict
+from kdbench.core.errors import KdbenchError
 
 
 def npz(tmp_path, name="d.npz", **arrays):
@@ -98,7 +98,7 @@ def test_npz_unreadable_files(tmp_path):
 
 
 def test_npz_path_is_relative_to_the_suite_file_and_fingerprinted(tmp_path):
-    from kdbench.suite import load_suite
+    from kdbench.suite.load import load_suite
 
     (tmp_path / "data").mkdir()
     npz(tmp_path / "data", "mine.npz")
@@ -186,7 +186,7 @@ def test_missing_data_is_one_line_naming_the_folder_and_the_flag(tmp_path, monke
 
 
 def test_data_dir_precedence(tmp_path, monkeypatch):
-    from kdbench.data import data_root, default_data_dir
+    from kdbench.data.load import data_root, default_data_dir
 
     monkeypatch.setenv("KDBENCH_DATA", str(tmp_path / "env"))
     assert default_data_dir() == tmp_path / "env"
@@ -229,14 +229,14 @@ def test_subsets_are_fixed_and_keep_test_positions(tmp_path):
 
 
 def test_new_data_fields_leave_old_job_ids_alone():
-    from kdbench.identity import content_only
+    from kdbench.core.identity import content_only
 
     assert set(content_only(config_dict(DataConfig()))) == {"name", "test_fraction", "augment"}
     assert content_only(config_dict(DataConfig(train_subset=5)))["train_subset"] == 5
 
 
 def test_augmentations_are_batched_and_deterministic():
-    from kdbench.augment import horizontal_flip, make_augmenter, random_crop
+    from kdbench.data.augment import horizontal_flip, make_augmenter, random_crop
 
     x = torch.rand(64, 3, 8, 8)
     names = ("random_crop", "horizontal_flip")
@@ -262,7 +262,7 @@ def test_augmentations_are_batched_and_deterministic():
 
 
 def test_unknown_augmentation_is_a_suite_error():
-    from kdbench.suite import parse_suite
+    from kdbench.suite.load import parse_suite
 
     with pytest.raises(KdbenchError, match="unknown augmentation 'random_flip'"):
         parse_suite({"data": {"augment": ["random_flip"]}})
@@ -271,8 +271,8 @@ def test_unknown_augmentation_is_a_suite_error():
 # ---- CIFAR-10-C ----------------------------------------------------------------------------------------------
 
 def test_cifar_c_files_are_evaluated_beside_the_test_set(tmp_path, monkeypatch):
-    from kdbench.cifar_c import evaluate_cifar_c
-    from kdbench.models import ModelInput, build_model
+    from kdbench.evaluation.cifar_c import evaluate_cifar_c
+    from kdbench.models.registry import ModelInput, build_model
 
     patch_cifar_checksums(monkeypatch)
     written = write_cifar(tmp_path / "data", 10)
@@ -290,7 +290,7 @@ def test_cifar_c_files_are_evaluated_beside_the_test_set(tmp_path, monkeypatch):
     x, y = written["test"]
     mixed = write_cifar_c(tmp_path / "mixed", x, y, names=("fog", "speckle_noise"))
     np.save(mixed / "speckle_noise.npy", np.zeros_like(np.load(mixed / "speckle_noise.npy")))
-    import kdbench.cifar_c as cc
+    import kdbench.evaluation.cifar_c as cc
 
     def oracle(model, xb, bs):
         pred = torch.where(xb.flatten(1).amax(1) > 0, data.y_test, (data.y_test + 1) % 10)

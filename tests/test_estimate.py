@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from kdbench import estimate
-from kdbench.suite import load_suite
+from kdbench.execution import estimate
+from kdbench.suite.load import load_suite
 
 
 def test_a_pass_is_timed_as_its_fastest_repeat():

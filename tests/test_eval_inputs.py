@@ -2,9 +2,9 @@
 
 import torch
 
-from kdbench import eval_inputs
-from kdbench.corruptions import corrupt
-from kdbench.eval_inputs import reuse
+from kdbench.evaluation import inputs as eval_inputs
+from kdbench.data.corruptions import corrupt
+from kdbench.evaluation.inputs import reuse
 
 
 def _counting(value):

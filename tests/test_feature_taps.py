@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdbench.methods import METHODS, Batch, TrainContext
-from kdbench.models import MODELS, ModelInput, build_model
+from kdbench.models.registry import MODELS, ModelInput, build_model
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 LAYERWISE = ["hierarchical", "attention", "fitnets"]
@@ -100,7 +100,7 @@ def test_layerwise_methods_on_every_pair(shapes, method, images):
 
 @pytest.mark.slow  # WRN-34-10, 46M parameters
 def test_layerwise_methods_on_the_published_pairs():
-    from kdbench.suite import load_suite
+    from kdbench.suite.load import load_suite
 
     assert [(p.teacher, p.student) for p in load_suite("robustness-cifar10").pairs] == PUBLISHED
     shape = (3, 32, 32)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.fold import fold_batch_norm
-from kdbench.gpu import place
-from kdbench.models import MODELS, ModelInput, build_model
+from kdbench.models.fold import fold_batch_norm
+from kdbench.core.gpu import place
+from kdbench.models.registry import MODELS, ModelInput, build_model
 
 SHAPES = {"cnn-small": (1, 8, 8), "cnn-large": (1, 8, 8), "lenet-small": (1, 28, 28), "lenet-large": (1, 28, 28)}
 SKIP = {"wrn-34-10"}  # 46M parameters: too slow for a unit test; wrn-16-4 has the same blocks

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_SUITE
-from kdbench.errors import KdbenchError
-from kdbench.suite import load_suite, parse_suite
+from kdbench.core.errors import KdbenchError
+from kdbench.suite.load import load_suite, parse_suite
 
 VALID = tomllib.loads(TINY_SUITE)
 
@@ -91,7 +91,7 @@ def test_cli_never_tracebacks_and_writes_nothing_on_bad_input(tmp_path, monkeypa
     """Through the CLI (training replaced by a stub): exit 0 for a valid suite, else 2 with one line."""
     import tomllib as _t  # noqa: F401
 
-    import kdbench.driver as runner
+    import kdbench.execution.driver as runner
     from kdbench.__main__ import main
 
     def stub(suite, out, device, **kw):
@@ -99,7 +99,7 @@ def test_cli_never_tracebacks_and_writes_nothing_on_bad_input(tmp_path, monkeypa
         return runner.RunResult(len(suite.jobs()), 0, 0)
 
     monkeypatch.setattr(runner, "run_suite", stub)
-    monkeypatch.setattr("kdbench.report.write_reports", lambda *a, **k: {"summary": __import__("pandas").DataFrame()})
+    monkeypatch.setattr("kdbench.reporting.report.write_reports", lambda *a, **k: {"summary": __import__("pandas").DataFrame()})
     path = tmp_path / "s.toml"
     try:
         path.write_text(_dump_toml(doc), encoding="utf-8")

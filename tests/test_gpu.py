@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_SUITE, run_main
-from kdbench.errors import KdbenchError
-from kdbench.gpu import GpuConfig, full_precision, place, training_precision
+from kdbench.core.errors import KdbenchError
+from kdbench.core.gpu import GpuConfig, full_precision, place, training_precision
 from kdbench.methods import METHODS, Batch, TrainContext
-from kdbench.models import ModelInput, build_model
-from kdbench.gpu import job_gpu
-from kdbench.teacher_cache import teacher_config
-from kdbench.jobs import job_from_config
-from kdbench.suite import parse_suite
-from kdbench.train import fit
+from kdbench.models.registry import ModelInput, build_model
+from kdbench.core.gpu import job_gpu
+from kdbench.training.teacher_cache import teacher_config
+from kdbench.suite.jobs import job_from_config
+from kdbench.suite.load import parse_suite
+from kdbench.training.loop import fit
 
 DOC = tomllib.loads(TINY_SUITE)
 INP = ModelInput((1, 8, 8), 10, (0.3,), (0.37,))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from kdbench.attacks import ATTACKS
+from kdbench.evaluation.attacks import ATTACKS
 from kdbench.methods import METHODS, Distiller
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import torch
 
-from kdbench.identity import content_only, digest
-from kdbench.suite import load_suite
+from kdbench.core.identity import content_only, digest
+from kdbench.suite.load import load_suite
 
 
 def _suite(tmp_path, dataset: str, teacher: str = '"cnn-large"', data_dir: str = ""):
@@ -60,7 +60,7 @@ def test_the_data_folder_and_download_flag_are_not_identity(tmp_path):
 
 
 def test_moving_a_teacher_checkpoint_keeps_ids_and_other_weights_change_them(tmp_path):
-    from kdbench.models import ModelInput, build_model
+    from kdbench.models.registry import ModelInput, build_model
 
     model = build_model("cnn-large", ModelInput((1, 8, 8), 10, (0.5,), (0.25,)))
     a = tmp_path / "ckpt" / "t.pt"

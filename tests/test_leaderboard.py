@@ -46,7 +46,7 @@ def test_leaderboard_recreates_reports_identically(results):
 
 
 def test_reports_built_from_the_same_records_are_not_rewritten_and_damaged_ones_are(results):
-    from kdbench.report import write_reports
+    from kdbench.reporting.report import write_reports
 
     folder = results / "robustness"
     assert write_reports(folder)["rebuilt"] is True
@@ -284,7 +284,7 @@ def test_check_run_reruns_into_a_fresh_folder_and_compares(tmp_path, tiny_run, t
 
 
 def test_error_bars_stop_at_the_limits_of_an_accuracy():
-    from kdbench.plots import _bars
+    from kdbench.reporting.plots import _bars
 
     lower, upper = _bars([99.8, 50.0, 1.0], [0.5, 10.0, 3.0])
     assert lower == pytest.approx([0.5, 10.0, 1.0]) and upper == pytest.approx([0.2, 10.0, 3.0])

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.errors import KdbenchError
+from kdbench.core.errors import KdbenchError
 from kdbench.methods import METHODS, Batch, TrainContext
-from kdbench.models import ModelInput, build_model
+from kdbench.models.registry import ModelInput, build_model
 
 REL = 1e-5  # float32 code under test vs float64 references
 CTX = TrainContext(num_classes=10, input_shape=(1, 8, 8), epochs=10, adv_eps=0.1, adv_steps=3, adv_step_size=0.05)
@@ -432,7 +432,7 @@ def test_kl_reduction_mean_is_the_reference_codes_scale(monkeypatch, name):
 
 
 def test_kl_reduction_is_checked_when_the_suite_is_read():
-    from kdbench.suite import parse_methods
+    from kdbench.suite.load import parse_methods
 
     with pytest.raises(KdbenchError, match="kl_reduction 'sum' is unknown; choose from: batchmean, mean"):
         parse_methods({"rslad": {"kl_reduction": "sum"}})
@@ -692,7 +692,7 @@ def test_defaults_documented_and_teacherless_specs(name):
 def test_every_method_loads_from_a_suite_with_its_defaults(name):
     """Each method's declared parameter choices name its own parameters, and the method loads from a suite table
     with its defaults alone (what `[methods] name = {}` in a suite file does)."""
-    from kdbench.suite import parse_methods
+    from kdbench.suite.load import parse_methods
 
     cls = METHODS.get(name)
     assert set(cls.choices) <= set(cls.defaults), f"{name}: choices for parameters it does not have"

@@ -14,7 +14,7 @@ from test_methods import (CTX, INP, FixedLogits, HandStages, Recorder, approx, c
                           hinton_kd, kl, kl_rows, log_softmax, make, pool_to, softmax)
 
 from kdbench.methods import METHODS, Batch, TrainContext
-from kdbench.models import build_model
+from kdbench.models.registry import build_model
 
 
 def x_adv_of(x, seed=3, step=0.05):
@@ -76,8 +76,8 @@ def test_trades_attack_is_tpgd_bounded_and_raises_self_kl():
 
 
 def test_trades_teacher_kind_and_its_cache_key():
-    from kdbench.suite_configs import TrainConfig
-    from kdbench.teachers import TEACHER_KINDS, cache_settings
+    from kdbench.suite.configs import TrainConfig
+    from kdbench.training.teachers import TEACHER_KINDS, cache_settings
 
     kind = TEACHER_KINDS.get("trades")
     assert kind.defaults == {"beta": 6.0}
@@ -103,7 +103,7 @@ def test_trades_teacher_kind_and_its_cache_key():
 
 def test_any_method_picks_the_trades_teacher_and_list_shows_it(capsys):
     from kdbench.__main__ import main
-    from kdbench.suite import parse_methods
+    from kdbench.suite.load import parse_methods
 
     (run,) = parse_methods({"rslad": {"teacher": "trades"}})
     assert run.teacher_kind == "trades"
@@ -388,7 +388,7 @@ def test_fitnets_regressor_relu_and_smaller_student_map():
 
 
 def test_fitnets_rejects_a_hint_stage_outside_0_1():
-    from kdbench.errors import KdbenchError
+    from kdbench.core.errors import KdbenchError
 
     x, y, student, teacher = fitnets_pair()
     with pytest.raises(KdbenchError, match="hint_stage"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdbench.metric_names import MetricName, at_eps, in_family, parse, try_parse
+from kdbench.core.metric_names import MetricName, at_eps, in_family, parse, try_parse
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from kdbench.noise_sweep import NOISE_FAMILIES, noise_sweep
-from kdbench.suite_configs import EvalConfig
+from kdbench.evaluation.noise_sweep import NOISE_FAMILIES, noise_sweep
+from kdbench.suite.configs import EvalConfig
 
 LEVELS = (0.25, 0.5, 1.0)
 
@@ -37,8 +37,8 @@ def test_sweep_names_auc_and_span(toy):
 
 
 def test_noise_levels_are_validated():
-    from kdbench.errors import KdbenchError
-    from kdbench.suite import parse_suite
+    from kdbench.core.errors import KdbenchError
+    from kdbench.suite.load import parse_suite
 
     with pytest.raises(KdbenchError, match="outside"):
         parse_suite({"eval": {"noise_levels": [0.5, 1.5]}})

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench.errors import KdbenchError
-from kdbench.models import ModelInput, build_model
-from kdbench.optim import FlatOptimizer
-from kdbench.suite_configs import TrainConfig
+from kdbench.core.errors import KdbenchError
+from kdbench.models.registry import ModelInput, build_model
+from kdbench.training.optim import FlatOptimizer
+from kdbench.suite.configs import TrainConfig
 
 INP = ModelInput((1, 8, 8), 10, (0.5,), (0.25,))
 

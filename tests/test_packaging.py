@@ -48,7 +48,7 @@ def test_wheel_ships_the_builtin_suites_and_they_load_outside_the_repo(tmp_path)
     assert sorted(p.suffix for p in (site / "kdbench" / "suites").iterdir()) and not list(
         (site / "kdbench" / "suites").glob("*.py"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import kdbench, kdbench.suite as s; suite = s.load_suite('robustness'); "
+    code = ("import kdbench, kdbench.suite.load as s; suite = s.load_suite('robustness'); "
             "print(kdbench.__file__); print(s.resolve_suite_path('robustness')); print(len(suite.jobs()))")
     out = subprocess.run([py, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

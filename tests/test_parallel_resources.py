@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import TINY_SUITE, run_main
-from kdbench import resources
-from kdbench.driver import run_suite
-from kdbench.suite import load_suite
+from kdbench.execution import resources
+from kdbench.execution.driver import run_suite
+from kdbench.suite.load import load_suite
 
 GIB = 2**30
 

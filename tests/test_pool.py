@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_SUITE, run_main
-from kdbench import job_cost, pool_executor
-from kdbench.resources import local_workers
+from kdbench.execution import job_cost, pool_executor
+from kdbench.execution.resources import local_workers
 from kdbench.methods import METHODS, Distiller
-from kdbench.driver import run_suite
-from kdbench.suite import load_suite
+from kdbench.execution.driver import run_suite
+from kdbench.suite.load import load_suite
 
 
 def _records(out):
@@ -179,7 +179,7 @@ def test_workers_are_forked_only_where_that_is_safe(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
 def test_a_forked_worker_does_not_keep_the_results_lock(tmp_path):
-    from kdbench.safety import LOCK_NAME, forget_locks, results_lock
+    from kdbench.execution.safety import LOCK_NAME, forget_locks, results_lock
 
     ready_r, ready_w = os.pipe()
     with results_lock(tmp_path):
@@ -200,7 +200,7 @@ def test_a_forked_worker_does_not_keep_the_results_lock(tmp_path):
 
 
 def test_auto_workers_follow_the_cores_and_the_threads_per_job(monkeypatch):
-    import kdbench.resources as resources
+    import kdbench.execution.resources as resources
 
     monkeypatch.setattr(resources, "usable_cores", lambda: 8)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -222,8 +222,8 @@ def test_worker_flags_are_checked(tmp_path, tiny_suite):
 def test_a_cpu_teacher_is_cached_per_thread_count(tiny_suite):
     """Threads change a CPU teacher's weights in the last bits: a teacher trained on 2 threads is never handed to
     a job that runs on 1 (its numbers would then depend on the cache's history)."""
-    from kdbench.teacher_cache import teacher_config
-    from kdbench.teachers import teacher_key
+    from kdbench.training.teacher_cache import teacher_config
+    from kdbench.training.teachers import teacher_key
 
     job = next(j for j in load_suite(str(tiny_suite)).jobs() if not j.is_teacher and j.teacher_specs())
     spec = job.teacher_specs()[0]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import PRETRAINED_SUITE
-from kdbench.errors import KdbenchError
-from kdbench.models import ModelInput, build_model
-from kdbench.pretrained import PretrainedTeacher, file_sha256, load_pretrained
+from kdbench.core.errors import KdbenchError
+from kdbench.models.registry import ModelInput, build_model
+from kdbench.training.pretrained import PretrainedTeacher, file_sha256, load_pretrained
 
 INP = ModelInput((1, 8, 8), 10, (0.5,), (0.25,))
 
@@ -82,7 +82,7 @@ def _table(name: str, kind: str) -> str:
 
 
 def _suite(tmp_path, teacher: str, methods: str):
-    from kdbench.suite import load_suite
+    from kdbench.suite.load import load_suite
 
     for name in ("a", "b"):
         if not (tmp_path / f"{name}.pt").exists():
@@ -144,12 +144,12 @@ def test_methods_picked_on_the_command_line_are_checked_too(tmp_path):
 
 
 def test_multi_teacher_distils_from_each_teacher_of_a_list(tmp_path):
-    from kdbench.records import load_records
-    from kdbench.driver import run_suite
-    from kdbench.run_progress import Progress
-    from kdbench.teacher_cache import get_teacher
-    from kdbench.workspace import Workspace
-    from kdbench.suite import with_overrides
+    from kdbench.records.store import load_records
+    from kdbench.execution.driver import run_suite
+    from kdbench.execution.run_progress import Progress
+    from kdbench.training.teacher_cache import get_teacher
+    from kdbench.execution.workspace import Workspace
+    from kdbench.suite.load import with_overrides
 
     suite = _suite(tmp_path, f'[{_table("a", "standard")}, {_table("b", "standard")}]', "multi-teacher = {}\nce = {}")
     job = next(j for j in suite.jobs() if j.method == "multi-teacher")

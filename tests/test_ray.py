@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY_SUITE, run_main
-from kdbench.errors import KdbenchError
-from kdbench.suite import parse_suite
-from kdbench.suite_configs import ExecutorConfig
+from kdbench.core.errors import KdbenchError
+from kdbench.suite.load import parse_suite
+from kdbench.suite.configs import ExecutorConfig
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="the 'ray' extra is not installed: pip install -e '.[ray]'")

@@ -11,14 +11,14 @@ import torch
 from conftest import ROOT, run_main
 from fake_datasets import patch_cifar_checksums, write_cifar, write_cifar_c, write_mnist
 
-from kdbench.records import load_records
-from kdbench.suite import load_suite
+from kdbench.records.store import load_records
+from kdbench.suite.load import load_suite
 
 EPS_8 = 8 / 255
 
 
 def check_records(out, suite_name, corruptions_from=None):
-    from kdbench.cifar_c import with_cifar_c
+    from kdbench.evaluation.cifar_c import with_cifar_c
 
     suite = with_cifar_c(load_suite(str(suite_name)), corruptions_from)
     records, bad = load_records(out)
@@ -132,8 +132,8 @@ def test_a_cifar_c_folder_enters_the_job_ids(tmp_path):
 
     import numpy as np
 
-    from kdbench.cifar_c import with_cifar_c
-    from kdbench.errors import KdbenchError
+    from kdbench.evaluation.cifar_c import with_cifar_c
+    from kdbench.core.errors import KdbenchError
 
     folder = write_cifar_c(tmp_path / "C", np.zeros((4, 3, 32, 32), np.uint8), np.arange(4))
     suite = load_suite("robustness-cifar10-smoke")
@@ -161,11 +161,11 @@ def test_bad_corruptions_folder_is_one_line(tmp_path):
 
 def test_augmented_training_is_deterministic_and_computes_teacher_logits_per_batch(tmp_path, monkeypatch):
     """With augmentation the teacher's logits come per batch (never the cached clean ones); same seed, same run."""
-    from kdbench import job as runner
-    from kdbench.job import run_job
-    from kdbench.run_progress import Progress
-    from kdbench.workspace import Workspace
-    from kdbench.suite import parse_suite
+    from kdbench.execution import job as runner
+    from kdbench.execution.job import run_job
+    from kdbench.execution.run_progress import Progress
+    from kdbench.execution.workspace import Workspace
+    from kdbench.suite.load import parse_suite
 
     doc = {"dataset": "digits", "data": {"augment": ["random_crop", "horizontal_flip"]}, "seeds": [1],
            "train": {"epochs": 2, "teacher_epochs": 1, "batch_size": 256}, "methods": {"kd": {}},

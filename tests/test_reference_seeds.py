@@ -2,8 +2,8 @@
 
 import pytest
 
-from kdbench.errors import KdbenchError
-from kdbench.suite import load_suite, parse_suite, with_overrides
+from kdbench.core.errors import KdbenchError
+from kdbench.suite.load import load_suite, parse_suite, with_overrides
 
 DOC = {"name": "t", "dataset": "digits", "seeds": [1, 2, 3], "methods": {"kd": {}, "ce": {}}}
 

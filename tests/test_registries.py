@@ -6,15 +6,15 @@ import dataclasses
 
 import pytest
 
-from kdbench.attacks import ATTACKS, AttackDef
-from kdbench.corruptions import CORRUPTIONS, Corruption
-import kdbench.data  # noqa: F401 - registers the datasets
-from kdbench.datasets import DATASETS
+from kdbench.evaluation.attacks import ATTACKS, AttackDef
+from kdbench.data.corruptions import CORRUPTIONS, Corruption
+import kdbench.data.load  # noqa: F401 - registers the datasets
+from kdbench.data.registry import DATASETS
 from kdbench.methods import METHODS
-from kdbench.models import MODELS
-from kdbench.noise_sweep import NOISE_FAMILIES
-from kdbench.suite_configs import EvalConfig, TrainConfig
-from kdbench.teachers import TEACHER_KINDS
+from kdbench.models.registry import MODELS
+from kdbench.evaluation.noise_sweep import NOISE_FAMILIES
+from kdbench.suite.configs import EvalConfig, TrainConfig
+from kdbench.training.teachers import TEACHER_KINDS
 
 REGISTRIES = [ATTACKS, CORRUPTIONS, DATASETS, METHODS, MODELS, NOISE_FAMILIES, TEACHER_KINDS]
 
@@ -63,9 +63,9 @@ def test_every_methods_baselines_are_registered_methods():
 
 def test_a_throwaway_attack_and_corruption_are_costed_checked_and_run(trained_digits_model):
     """Registering is the whole of adding one: nothing else is edited."""
-    from kdbench.check import is_checked
-    from kdbench.estimate import eval_grad_steps
-    from kdbench.evaluate import evaluate
+    from kdbench.reporting.check import is_checked
+    from kdbench.execution.estimate import eval_grad_steps
+    from kdbench.evaluation.evaluate import evaluate
 
     pgd = ATTACKS.get("pgd")
     model, data = trained_digits_model

@@ -14,10 +14,10 @@ import torch
 
 from conftest import ROOT, TINY_SUITE, run_cli, run_main
 from kdbench.__main__ import main
-from kdbench.errors import KdbenchError
+from kdbench.core.errors import KdbenchError
 from kdbench.methods import METHODS, Distiller
-from kdbench.checkpoints import load_state_dict
-from kdbench.safety import results_lock
+from kdbench.models.checkpoints import load_state_dict
+from kdbench.execution.safety import results_lock
 
 
 class _Explodes(Distiller):
@@ -97,7 +97,7 @@ def test_a_second_run_on_a_locked_folder_exits_with_a_clear_message(tmp_path, ti
 
 HOLD_LOCK = """
 import sys, time
-from kdbench.safety import results_lock
+from kdbench.execution.safety import results_lock
 with results_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -202,8 +202,8 @@ def test_reproduce_is_bit_for_bit_on_the_same_machine(tmp_path, tiny_run):
 
 
 def test_reproduce_refuses_a_record_of_an_older_evaluation_protocol(tmp_path):
-    from kdbench.jobs import PROTOCOL
-    from kdbench.suite import load_suite
+    from kdbench.suite.jobs import PROTOCOL
+    from kdbench.suite.load import load_suite
 
     suite = load_suite(str(_suite_file(tmp_path, "ce = {}")))
     job = suite.jobs()[0]
@@ -226,9 +226,9 @@ def test_reproduce_rejects_a_non_record(tmp_path):
 
 def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_code(tmp_path):
     """A teacher checkpoint is loaded as a plain state dict: a pickle that would run code is refused."""
-    from kdbench.teacher_cache import teacher_config
-    from kdbench.suite import load_suite
-    from kdbench.teachers import teacher_key
+    from kdbench.training.teacher_cache import teacher_config
+    from kdbench.suite.load import load_suite
+    from kdbench.training.teachers import teacher_key
 
     suite_path = _suite_file(tmp_path, "kd = {}")
     suite = load_suite(str(suite_path))
@@ -250,8 +250,8 @@ def test_a_poisoned_teacher_checkpoint_in_the_cache_fails_the_job_and_runs_no_co
 
 
 def test_a_diverging_loss_names_its_first_non_finite_step_and_the_epoch_means_are_exact():
-    from kdbench.suite_configs import TrainConfig
-    from kdbench.train import TrainingDiverged, fit
+    from kdbench.suite.configs import TrainConfig
+    from kdbench.training.loop import TrainingDiverged, fit
 
     w = torch.nn.Parameter(torch.ones(1))
     seen = []

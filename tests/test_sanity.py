@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.evaluate import evaluate, worst_case
-from kdbench.sanity import FLAGS, compute_flags
-from kdbench.suite_configs import EvalConfig
+from kdbench.evaluation.evaluate import evaluate, worst_case
+from kdbench.evaluation.sanity import FLAGS, compute_flags
+from kdbench.suite.configs import EvalConfig
 
 
 def test_worst_case_hand_built():
@@ -142,7 +142,7 @@ def test_output_checks_fire_on_such_models_and_not_on_logits(trained, wrapper, f
 def test_not_converged_reruns_the_strongest_attack(trained, monkeypatch):
     """The convergence check re-runs the attack with the lowest accuracy (here APGD-DLR on a saturated model,
     where PGD is useless), at twice its steps."""
-    import kdbench.evaluate as ev_mod
+    import kdbench.evaluation.evaluate as ev_mod
 
     model, x, y = trained
     calls = []

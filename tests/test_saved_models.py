@@ -29,9 +29,9 @@ def _header(leaderboard_md: str) -> list[str]:
 
 
 def _digits_input():
-    from kdbench.data import load_data
-    from kdbench.datasets import DataConfig
-    from kdbench.models import ModelInput
+    from kdbench.data.load import load_data
+    from kdbench.data.registry import DataConfig
+    from kdbench.models.registry import ModelInput
 
     data = load_data(DataConfig())
     return data, ModelInput(data.shape, data.num_classes, data.mean, data.std)
@@ -46,7 +46,7 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
     records = _records(out)
     students = [rec for rec in records if rec["role"] == "student"]
     assert len(records) == 3 and len(students) == 2
-    from kdbench.pretrained import file_sha256
+    from kdbench.training.pretrained import file_sha256
 
     for rec in students:
         info = rec["student"]["weights"]
@@ -83,7 +83,7 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
               "torch.save(load()(torch.load('probe.pt')), 'logits.pt'); assert 'kdbench' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", script], cwd=dest, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    from kdbench.models import build_model
+    from kdbench.models.registry import build_model
 
     model = build_model("cnn-small", inp)
     model.load_state_dict(torch.load(out / kd["student"]["weights"]["file"], weights_only=True))
@@ -100,7 +100,7 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
 
 def _plain_torch_model(num_classes: int = 10, shape=None, arch: str = "cnn-small", epochs: int = 15):
     """A digits classifier trained with a plain PyTorch loop (Adam, cross-entropy), in eval mode."""
-    from kdbench.models import ModelInput, build_model
+    from kdbench.models.registry import ModelInput, build_model
 
     data, inp = _digits_input()
     shape = shape or data.shape
@@ -220,8 +220,8 @@ def test_evaluate_input_errors(tmp_path):
 
 
 def test_no_save_students(tmp_path):
-    from kdbench.errors import KdbenchError
-    from kdbench.suite import parse_suite
+    from kdbench.core.errors import KdbenchError
+    from kdbench.suite.load import parse_suite
 
     doc = {"dataset": "digits", "save": {"students": False}}
     suite = parse_suite(doc)

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import ROOT, run_cli, run_main
 
-from kdbench.examples import masks_of, pack, unpack
-from kdbench.paired import compare, crossed, holm, mcnemar, seed_t
+from kdbench.records.examples import masks_of, pack, unpack
+from kdbench.stats.paired import compare, crossed, holm, mcnemar, seed_t
 
 RECORDS = ROOT / "results" / "robustness" / "records"
 
@@ -70,7 +70,7 @@ def _without_examples(records):
 
 
 def test_one_seed_shows_no_spread_and_names_the_test_that_still_applies():
-    from kdbench.report import leaderboard_markdown, summarize
+    from kdbench.reporting.report import leaderboard_markdown, summarize
 
     records = _without_examples(json.loads(p.read_text()) for p in RECORDS.glob("*.json"))
     seed1 = [r for r in records if r["seed"] == 1]
@@ -92,7 +92,7 @@ def test_one_seed_shows_no_spread_and_names_the_test_that_still_applies():
 
 
 def test_the_committed_records_are_paired_on_seeds():
-    from kdbench.report import leaderboard_markdown, summarize
+    from kdbench.reporting.report import leaderboard_markdown, summarize
 
     records = _without_examples(json.loads(p.read_text()) for p in RECORDS.glob("*.json"))
     md = leaderboard_markdown(summarize(records), "robustness", 0.1, records)
@@ -186,7 +186,7 @@ def test_check_across_thread_counts_uses_the_noise_model(tmp_path, tiny_run):
 def test_reproduce_on_another_machine_expects_its_noise(tmp_path, monkeypatch, capsys, tiny_run):
     """A record (the session's tiny-suite teacher, seed 1) whose recorded CPU is another: within the expected noise
     exits 0, a real change 1 (compared with the same re-run: the comparison is a function of the two records)."""
-    from kdbench import reproduce
+    from kdbench.execution import reproduce
 
     doc = next(r for r in tiny_run.records().values() if r["method"] == "teacher:standard" and r["seed"] == 1)
     doc["env"]["cpu"] = {"model": "Some Other CPU", "capability": "AVX512", "flags": ["avx2", "avx512f", "fma"]}
@@ -213,7 +213,7 @@ def test_reproduce_on_another_machine_expects_its_noise(tmp_path, monkeypatch, c
 def test_adversarial_methods_are_also_compared_with_adversarial_training():
     import copy
 
-    from kdbench.report import leaderboard_tables, summarize
+    from kdbench.reporting.report import leaderboard_tables, summarize
 
     records = [r for r in _without_examples(json.loads(p.read_text()) for p in RECORDS.glob("*.json"))
                if r["method"] != "at"]

@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import TINY_SUITE, run_cli, run_main
-from kdbench.errors import KdbenchError
+from kdbench.core.errors import KdbenchError
 from kdbench.methods import METHODS
-from kdbench.suite import load_suite, parse_suite, with_overrides
+from kdbench.suite.load import load_suite, parse_suite, with_overrides
 
 
 def test_default_suite_runs_every_registered_method():

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from independent_attack import strong_robust
-from kdbench.evaluate import evaluate
-from kdbench.suite_configs import EvalConfig
+from kdbench.evaluation.evaluate import evaluate
+from kdbench.suite.configs import EvalConfig
 
 T = 100.0
 # the default suite's attacks and budgets at its headline eps
@@ -20,10 +20,10 @@ EV = EvalConfig(attacks=("fgsm", "pgd", "apgd-ce", "apgd-dlr"), eps=(0.1,), pgd_
 
 @pytest.fixture(scope="module")
 def masked():
-    from kdbench.data import load_data
-    from kdbench.datasets import DataConfig
-    from kdbench.models import ModelInput, build_model
-    from kdbench.train import fit
+    from kdbench.data.load import load_data
+    from kdbench.data.registry import DataConfig
+    from kdbench.models.registry import ModelInput, build_model
+    from kdbench.training.loop import fit
 
     torch.manual_seed(0)
     data = load_data(DataConfig())

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from ..gpu import full_precision
+from ..core.gpu import full_precision
 from .base import Batch, Distiller, kl_soft, register_method
 from .perexample import kl_rows
 

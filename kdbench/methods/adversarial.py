@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from ..gpu import full_precision
+from ..core.gpu import full_precision
 from .base import KL_REDUCTIONS, Batch, Distiller, kd_loss, kl_soft, register_method
 
 

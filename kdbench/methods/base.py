@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 METHODS: Registry = Registry("method")
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import KdbenchError
+from ..core.errors import KdbenchError
 from .base import Batch, Distiller, register_method
 from .hierarchical import same_size
 

@@ -23,7 +23,7 @@ class NoiseKD(Distiller):
 
     @classmethod
     def trains_on(cls, params):
-        from ..corruptions import CORRUPTIONS
+        from ..data.corruptions import CORRUPTIONS
 
         sigma = params["sigma"]
         levels = CORRUPTIONS.get("gaussian_noise").levels

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from ..gpu import full_precision
+from ..core.gpu import full_precision
 from .base import Batch, Distiller, kl_soft, register_method
 
 TRADES_BETA = 6.0  # 1/lambda = 6: the paper's CIFAR-10 setting and its released models

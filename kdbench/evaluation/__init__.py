@@ -1,0 +1,1 @@
+"""evaluate(model, data, config) -> metrics: attacks, corruptions, sweeps, transfer, sanity flags."""

@@ -1,0 +1,115 @@
+"""Sanity flags: checks that distrust a robustness number.
+
+They automate the evaluation checklist of Carlini et al. 2019 ("On Evaluating Adversarial Robustness") and
+AutoAttack's own checks (Croce & Hein 2020, autoattack/checks.py). Each flag is a pure function of the
+evidence gathered during evaluation; it returns the evidence that made it fire (or None when silent), and
+the record stores both. Thresholds are module constants, documented in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core.metric_names import at_eps
+from ..core.registry import Registry
+from .output_checks import PROB_TOL, RANDOM_TOL
+
+FLAGS: Registry = Registry("flag")
+
+# thresholds (accuracy is a fraction in [0, 1])
+FGSM_PGD_TOL = 0.01  # PGD accuracy may exceed FGSM's by at most this
+CE_MARGIN_GAP = 0.10  # CE-loss PGD above the margin (DLR) attack by more than this
+ZERO_GRAD_NORM = 1e-20  # an input gradient with L-inf norm below this is 'zero'
+ZERO_GRAD_FRACTION = 0.05  # flag when more than this fraction of examples has a zero gradient
+CONVERGENCE_DROP = 0.03  # the strongest attack at 2x steps + restarts lowering the worst case by more than this
+BLACKBOX_FRACTION = 0.01  # black-box/noise succeeding where every white-box attack failed, on more than this
+
+
+@dataclass(frozen=True)
+class Flag:
+    summary: str
+    check: Callable[[dict], dict | None]
+
+
+def _pgd_above_fgsm(ev: dict):
+    bad = {e: (ev["acc"].get(at_eps("pgd", e)), ev["acc"].get(at_eps("fgsm", e))) for e in ev["eps"]
+           if at_eps("pgd", e) in ev["acc"] and at_eps("fgsm", e) in ev["acc"]
+           and ev["acc"][at_eps("pgd", e)] > ev["acc"][at_eps("fgsm", e)] + FGSM_PGD_TOL}
+    return {"eps": {str(e): {"pgd": p, "fgsm": f} for e, (p, f) in bad.items()}} if bad else None
+
+
+def _ce_above_margin(ev: dict):
+    bad = {}
+    for e in ev["eps"]:
+        ce = ev["acc"].get(at_eps("pgd", e))
+        margin = ev["acc"].get(at_eps("apgd-dlr", e))
+        if ce is not None and margin is not None and ce - margin > CE_MARGIN_GAP:
+            bad[str(e)] = {"pgd": ce, "apgd-dlr": margin}
+    return {"eps": bad} if bad else None
+
+
+def _zero_gradients(ev: dict):
+    frac = ev.get("zero_grad_fraction")
+    if frac is not None and frac > ZERO_GRAD_FRACTION:
+        return {"zero_grad_fraction": frac, "median_logit_margin": ev.get("median_logit_margin")}
+    return None
+
+
+def _not_converged(ev: dict):
+    c = ev.get("convergence")
+    if c and c["robust"] - c["robust_with_strong_attack"] > CONVERGENCE_DROP:
+        return dict(c)
+    return None
+
+
+def _randomized(ev: dict):
+    r = ev.get("randomness")
+    if r and (r["max_normalised_diff"] > RANDOM_TOL or r["predictions_differ"]):
+        return dict(r)
+    return None
+
+
+def _probability_outputs(ev: dict):
+    p = ev.get("probability_outputs")
+    return dict(p) if p and p["rows_are_probabilities"] else None
+
+
+def _unbounded_not_broken(ev: dict):
+    u = ev.get("unbounded")
+    if u and u["acc"] > u["chance"]:
+        return dict(u)
+    return None
+
+
+def _blackbox_beats_whitebox(ev: dict):
+    b = ev.get("blackbox")
+    if b and b["fraction"] > BLACKBOX_FRACTION:
+        return dict(b)
+    return None
+
+
+FLAGS.add("pgd-above-fgsm", Flag(f"PGD accuracy above FGSM accuracy (+{FGSM_PGD_TOL}) at some eps", _pgd_above_fgsm))
+FLAGS.add("ce-above-margin", Flag(f"CE-loss PGD accuracy above APGD-DLR by more than {CE_MARGIN_GAP}", _ce_above_margin))
+FLAGS.add("zero-gradients", Flag(f"more than {ZERO_GRAD_FRACTION:.0%} of inputs have an input gradient below "
+                                 f"{ZERO_GRAD_NORM:g} (saturated softmax)", _zero_gradients))
+FLAGS.add("not-converged", Flag(f"the strongest attack with 2x steps and restarts lowers the worst-case robust "
+                                f"accuracy by more than {CONVERGENCE_DROP}", _not_converged))
+FLAGS.add("unbounded-not-broken", Flag("accuracy at the largest sweep eps above chance", _unbounded_not_broken))
+FLAGS.add("blackbox-beats-whitebox", Flag(f"transfer/Square/random noise succeed where every white-box attack failed "
+                                          f"on more than {BLACKBOX_FRACTION:.0%} of examples", _blackbox_beats_whitebox))
+FLAGS.add("randomized-outputs", Flag(f"two forward passes of the same inputs differ (normalised L2 > {RANDOM_TOL:g}): "
+                                     f"a randomised model needs EOT attacks", _randomized))
+FLAGS.add("probability-outputs", Flag(f"outputs are probabilities (rows in [0, 1] summing to 1 within {PROB_TOL:g}), "
+                                      f"not logits", _probability_outputs))
+
+
+def compute_flags(evidence: dict) -> tuple[list[str], dict]:
+    """Run every flag on the evidence: (names of the flags that fired, their evidence)."""
+    fired, details = [], {}
+    for entry in FLAGS.entries():
+        found = entry.obj.check(evidence)
+        if found is not None:
+            fired.append(entry.name)
+            details[entry.name] = found
+    return fired, details

@@ -1,0 +1,1 @@
+"""Records -> summary, leaderboard (Markdown, HTML), plots, model cards, the regression check, export."""

@@ -1,0 +1,141 @@
+"""Model cards: one JSON file per leaderboard row, in the spirit of RobustBench's `model_info/<dataset>/<threat
+model>/<Model>.json` entries, written by the report step as a pure function of the records.
+
+A card says what the row's model is (dataset, threat model and eps, architecture, parameters and MACs), how it
+was made (teacher with its own clean and robust accuracy, method and hyper-parameters, training settings), what
+it scored (clean, worst case, each attack, transfer, corruptions, sanity flags; mean, std and each seed), what it
+cost (train and eval seconds, device, versions) and which weights these are (file and SHA-256 per seed).
+
+Accuracies are fractions in [0, 1] stored as numbers (RobustBench stores percent strings). The RobustBench key
+names are kept where they mean the same: `name`, `dataset`, `architecture`, `eps`, `clean_acc`,
+`additional_data`, `number_forward_passes`; `worst_case_acc` is the per-example worst case over every attack
+kdbench ran at the headline eps, and `autoattack_acc` appears when an AutoAttack metric is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from ..core.metric_names import at_eps
+from .rows import group_key, row_label
+
+CARD_SCHEMA = 1
+CARDS_DIR = "cards"
+
+
+def card_file(key: tuple) -> str:
+    """The card of the row `key` (`group_key`), relative to the results folder: readable and unique."""
+    dataset, pair, role, method, kind = (str(k) for k in key[:5])
+    parts = (dataset, pair.replace("->", "-to-"), method, "" if kind in method else kind)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(p for p in parts if p)).strip("_")
+    digest = hashlib.sha256(json.dumps([str(k) for k in key]).encode()).hexdigest()[:8]
+    return f"{CARDS_DIR}/{slug}-{digest}.json"
+
+
+def _stats(values: dict) -> dict:
+    """{seed: value} -> mean, std (sample, 0 for one seed) and the values per seed."""
+    from ..stats.spread import mean_std
+
+    mean, std = mean_std(list(values.values()))
+    return {"mean": mean, "std": std, "per_seed": {str(s): v for s, v in sorted(values.items())}}
+
+
+def _metric(recs: list[dict], name: str) -> dict | None:
+    values = {r["seed"]: r["metrics"][name] for r in recs if name in r["metrics"]}
+    return _stats(values) if values else None
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def teacher_card(info: dict | None, records: list[dict], eps: str) -> dict | None:
+    """The row's teacher: what the student records say about it, and its own clean and worst-case accuracy
+    from its reference records (same dataset, architecture and kind)."""
+    if not info:
+        return None
+    refs = [r for r in records if r["role"] == "teacher" and r["student"]["arch"] == info.get("arch")
+            and r.get("teacher_kind") == info.get("kind")]
+    out = {k: info.get(k) for k in ("kind", "arch", "params", "macs", "seeds", "pretrained") if info.get(k) is not None}
+    out["clean_acc"] = _mean([r["metrics"]["clean"] for r in refs if "clean" in r["metrics"]])
+    if out["clean_acc"] is None:  # no reference record: the clean accuracy the student job measured
+        out["clean_acc"] = info.get("clean")
+    worst = at_eps("robust", eps)
+    out["worst_case_acc"] = _mean([r["metrics"][worst] for r in refs if worst in r["metrics"]])
+    out["reference_records"] = sorted(f"records/{r['job_id']}.json" for r in refs)
+    return out
+
+
+def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str, label: str) -> dict:
+    """The card of one leaderboard row from its records (one per seed)."""
+    recs = sorted(recs, key=lambda r: r["seed"])
+    first = recs[0]
+    headline = first.get("headline_eps")
+    e = f"{headline:g}" if headline is not None else ""
+    names = sorted({m for r in recs for m in r["metrics"]})
+    attacks = [m for m in names if "@" in m and not m.startswith(("robust@", "sweep@"))]
+    corruption = [m for m in names if m.startswith(("corruption/", "cifar-c/")) or m in ("mca", "relative_mca")]
+    flags: dict[str, int] = {}
+    for r in recs:
+        for f in r["flags"]:
+            flags[f] = flags.get(f, 0) + 1
+    config = first.get("config") or {}
+    env = [r.get("env") or {} for r in recs]
+    clean, worst, aa = (_metric(recs, "clean"), _metric(recs, at_eps("robust", e)),
+                        _metric(recs, at_eps("autoattack", e)))
+    card = {
+        "card_schema": CARD_SCHEMA,
+        "name": label,
+        "suite": suite,
+        "dataset": first["dataset"],
+        "threat_model": "Linf",
+        "eps": headline,
+        "eps_scale": "[0, 1] pixel values",
+        "architecture": first["student"]["arch"],
+        "params": first["student"].get("params"),
+        "macs": first["student"].get("macs"),
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "role": first["role"],
+        "method": first["method"],
+        "method_params": first.get("method_params", {}),
+        "teacher": teacher_card(first.get("teacher"), all_records, e),
+        "training": config.get("train"),
+        "evaluation": config.get("eval") or (config.get("protocol_job") or {}).get("eval"),
+        "seeds": [r["seed"] for r in recs],
+        "clean_acc": clean["mean"] if clean else None,
+        "worst_case_acc": worst["mean"] if worst else None,
+        **({"autoattack_acc": aa["mean"]} if aa else {}),
+        "metrics": {"clean": clean, at_eps("robust", e): worst},
+        "per_attack": {m: _metric(recs, m) for m in attacks},
+        "worst_case": {m: _metric(recs, m) for m in names if m.startswith("robust@")},
+        "corruptions": {m: _metric(recs, m) for m in corruption},
+        "flags": flags,
+        "compute": {
+            "train_seconds": {str(r["seed"]): r.get("train_seconds") for r in recs},
+            "eval_seconds": {str(r["seed"]): r.get("eval_seconds") for r in recs},
+            "device": sorted({str(v.get("device")) for v in env}),
+            "threads": sorted({v.get("threads") for v in env if v.get("threads") is not None}),
+            "torch": sorted({str(v.get("torch")) for v in env}),
+            "kdbench": sorted({str(v.get("kdbench")) for v in env}),
+            "git": sorted({str((v.get("git") or {}).get("commit")) for v in env}),
+        },
+        "weights": [{"seed": r["seed"], "job_id": r["job_id"], **((r["student"].get("weights")) or {})} for r in recs],
+        "records": [f"records/{r['job_id']}.json" for r in recs],
+    }
+    if first["role"] == "external":
+        card["external"] = {k: v for k, v in (first.get("external") or {}).items() if k != "protocol_job"}
+        card["transfer_source"] = first.get("transfer_source")
+    return card
+
+
+def build_cards(records: list[dict], suite: str) -> dict[str, dict]:
+    """Every row's card, keyed by its file (relative to the results folder)."""
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(group_key(r), []).append(r)
+    return {card_file(key): build_card(key, recs, records, suite, row_label(key[3], key[4] or None, key[2]))
+            for key, recs in sorted(groups.items())}

@@ -1,0 +1,89 @@
+"""The leaderboard's difference columns: each student row against the baselines its method declares
+(`Distiller.baselines`, e.g. `ce`, and `at` for adversarial methods), paired on seeds and, where records keep
+per-example correctness, on examples (paired.py), with Holm's correction over every comparison of a table.
+A baseline row absent from the table is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from ..records.examples import masks_of
+from ..stats.paired import ALPHA, TESTS, Paired, compare, holm
+
+
+def baselines_of(method: str) -> tuple[str, ...]:
+    from ..methods import METHODS
+
+    if method not in METHODS:  # a method this kdbench does not know (records from elsewhere): the default
+        return ("ce",)
+    return tuple(METHODS.get(method).baselines)
+
+
+def _per_seed(records: list[dict], metric: str):
+    values = {r["seed"]: r["metrics"][metric] for r in records if metric in r["metrics"]}
+    masks = {}
+    for r in records:
+        m = masks_of(r).get(metric)
+        if m is not None:
+            masks[r["seed"]] = m
+    return values, masks
+
+
+def _fmt(p: Paired, significant: bool) -> str:
+    d = f"{100 * p.diff:+.1f}"
+    if p.test == "none":
+        return d
+    return f"{d} [{100 * p.low:+.1f}, {100 * p.high:+.1f}]" + ("*" if significant else "")
+
+
+def delta_columns(rows: list[dict], records_of, metric: str) -> tuple[dict[str, list[str]], str]:
+    """For the student `rows` of one table (in display order; `records_of(row)` gives a row's records): the
+    difference columns {"Δ vs <baseline>": cells} and the note that names the test, the correction and the
+    smallest detectable difference."""
+    first = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r["method"], i)
+    names = []
+    for r in rows:
+        for b in baselines_of(r["method"]):
+            if b in first and b not in names:
+                names.append(b)
+    cells: dict[tuple[int, str], Paired] = {}
+    data = [_per_seed(records_of(r), metric) for r in rows]
+    for i, r in enumerate(rows):
+        for b in baselines_of(r["method"]):
+            j = first.get(b)
+            if j is None or j == i or r["method"] == b:
+                continue
+            p = compare(data[i][0], data[j][0], data[i][1], data[j][1])
+            if p is not None:
+                cells[(i, b)] = p
+    keys = list(cells)
+    significant = dict(zip(keys, holm([cells[k].p for k in keys])))
+    columns = {f"Δ vs {b}": [_fmt(cells[(i, b)], significant[(i, b)]) if (i, b) in cells else ""
+                             for i in range(len(rows))] for b in names}
+    return columns, _note(list(cells.values()), metric, names)
+
+
+def _note(results: list[Paired], metric: str, names: list[str]) -> str:
+    if not results:
+        return ""
+    tested = [p for p in results if p.test != "none"]
+    m = len(tested)
+    used = sorted({p.test for p in results}, key=list(TESTS).index)
+    text = (f"Δ vs {' / '.join(names)}: paired difference in {metric} to that baseline row (same seeds"
+            + (", same examples" if any(t in ("crossed", "mcnemar") for t in used) else "")
+            + "), in points")
+    if not tested:
+        return text + "; one seed and no per-example data: no interval and no test apply."
+    mdd = [p.detectable(m) for p in tested]
+    mdd = [v for v in mdd if not math.isnan(v)]
+    text += (f", with its 95% interval. Test: {'; '.join(TESTS[t] for t in used)}. * marks a difference "
+             f"significant after Holm's correction over the {m} comparison(s) of this table (family-wise "
+             f"{ALPHA:g}).")
+    if mdd:
+        text += (f" Smallest detectable difference: {100 * statistics.median(mdd):.1f} points (median over the "
+                 f"comparisons; 80% power at {ALPHA:g}/{m}).")
+    return text

@@ -1,0 +1,184 @@
+"""Plots from the summary table (matplotlib, PNG, no display needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..core.metric_names import at_eps, in_family, try_parse  # noqa: E402
+from ..records.store import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _bars(means, stds) -> list[list[float]]:
+    """Error bars of mean ± std (in %) cut at the axis' physical limits: an accuracy is never below 0 or
+    above 100 %, so a bar reaching past 100 % would show a value no seed can have."""
+    means, stds = [float(m) for m in means], [float(sd) for sd in stds]
+    return [[min(sd, m) for m, sd in zip(means, stds)], [min(sd, 100.0 - m) for m, sd in zip(means, stds)]]
+
+
+def _metric_columns(summary: pd.DataFrame, prefix: str) -> list[tuple[float, str]]:
+    found = []
+    for col in summary.columns:
+        name = try_parse(col.removesuffix(":mean")) if col.endswith(":mean") else None
+        if name is not None and name.kind == prefix and name.eps is not None and name.part is None:
+            found.append((name.eps, col.removesuffix(":mean")))
+    return sorted(found)
+
+
+def _styles(summary: pd.DataFrame) -> dict:
+    """A distinct colour per row (tab20), stars and dashes for teachers, labels with the pair only when the
+    summary has several student pairs."""
+    several = summary.loc[summary["role"] == "student", "pair"].nunique() > 1
+    cmap = plt.get_cmap("tab20")
+    styles = {}
+    for i, (idx, r) in enumerate(summary.iterrows()):
+        teacher = r["role"] == "teacher"
+        label = r["label"] + (f" ({r['pair']})" if several and not teacher else "")
+        styles[idx] = {"color": cmap(i % 20), "marker": "*" if teacher else "o", "ms": 11 if teacher else 6,
+                       "ls": "--" if teacher else "-", "label": label}
+    return styles
+
+
+def _legend_outside(ax) -> None:
+    if not ax.get_legend_handles_labels()[0]:  # nothing drawn
+        return
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> None:
+    e = f"{headline_eps:g}"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = _styles(summary)
+    for idx, r in summary.iterrows():
+        if at_eps("robust", e) + ":mean" not in r or pd.isna(r[at_eps("robust", e) + ":mean"]):
+            continue
+        st = styles[idx]
+        ax.errorbar(100 * r["clean:mean"], 100 * r[at_eps("robust", e) + ":mean"],
+                    xerr=_bars([100 * r["clean:mean"]], [100 * r["clean:std"]]),
+                    yerr=_bars([100 * r[at_eps("robust", e) + ":mean"]], [100 * r[at_eps("robust", e) + ":std"]]),
+                    fmt=st["marker"],
+                    ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
+    ax.set_title("Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
+def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = _styles(summary)
+    cols = _metric_columns(summary, "sweep")
+    if not cols:
+        ax.text(0.5, 0.5, "no eps sweep in this suite (eval.sweep_eps is empty)", ha="center", va="center",
+                transform=ax.transAxes)
+    for idx, r in summary.iterrows():
+        pts = [(0.0, r["clean:mean"], r["clean:std"])] + [(eps, r[f"{c}:mean"], r[f"{c}:std"]) for eps, c in cols
+                                                           if not pd.isna(r.get(f"{c}:mean"))]
+        if len(pts) < 2:
+            continue
+        xs, ys, sd = zip(*pts)
+        st = styles[idx]
+        ys, sd = [100 * v for v in ys], [100 * v for v in sd]
+        ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
+                    label=st["label"])
+    ax.set_xlabel("eps (L-inf, [0, 1] pixel scale)")
+    ax.set_ylabel("accuracy under the worst of PGD and APGD-DLR (%)")
+    ax.set_title("Accuracy vs eps (mean ± std over seeds; dashed = teachers)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
+def _corruption_names(summary: pd.DataFrame) -> list[str]:
+    names = []
+    for col in summary.columns:
+        name = try_parse(col.removesuffix(":mean")) if col.endswith(":mean") else None
+        if name is not None and name.kind == "corruption" and name.level in ("1", "2", "3", "4", "5") and name.name not in names:
+            names.append(name.name)
+    return names
+
+
+def accuracy_vs_severity(summary: pd.DataFrame, path: Path) -> None:
+    """One panel per corruption: accuracy (mean ± std over seeds) against severity, a line per row."""
+    names = _corruption_names(summary)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    styles = _styles(summary)
+    for ax, name in zip(axes.flat, names):
+        for idx, r in summary.iterrows():
+            sev = [s for s in range(1, 6) if in_family("corruption", name, s) + ":mean" in r
+                   and not pd.isna(r[in_family("corruption", name, s) + ":mean"])]
+            xs = [0] + sev
+            ys = [100 * r["clean:mean"]] + [100 * r[in_family("corruption", name, s) + ":mean"] for s in sev]
+            sd = [100 * r["clean:std"]] + [100 * r[in_family("corruption", name, s) + ":std"] for s in sev]
+            st = styles[idx]
+            ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
+                        label=st["label"])
+        ax.set_title(name.replace("_", " "))
+        ax.set_xticks(range(0, 6))
+        ax.set_xlabel("severity (0 = clean)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.98), frameon=False)
+    fig.suptitle("Accuracy vs corruption severity (CIFAR-10-C constants; mean ± std over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def robustness_vs_size(summary: pd.DataFrame, path: Path, headline_eps: float) -> None:
+    """Worst-case robust accuracy against student size, a line per method (suites with several students)."""
+    e = f"{headline_eps:g}"
+    students = summary[summary["role"] == "student"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    cmap = plt.get_cmap("tab20")
+    for i, (label, g) in enumerate(students.groupby("label", sort=True)):
+        g = g.sort_values("model_params")
+        mean, std = 100 * g[at_eps("robust", e) + ":mean"], 100 * g[at_eps("robust", e) + ":std"]
+        ax.errorbar(g["model_params"], mean, yerr=_bars(mean, std), marker="o", capsize=3, color=cmap(i % 20),
+                    label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters (log scale)")
+    ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
+    ax.set_title("Robustness vs student size (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
+def write_plots(summary: pd.DataFrame, folder: Path, headline_eps: float) -> list[Path]:
+    folder = Path(folder)
+    written = []
+    if summary.empty:
+        return written
+    todo = [("robust_vs_clean.png", lambda p: robust_vs_clean(summary, p, headline_eps)),
+            ("accuracy_vs_eps.png", lambda p: accuracy_vs_eps(summary, p))]
+    if _corruption_names(summary):
+        todo.append(("accuracy_vs_severity.png", lambda p: accuracy_vs_severity(summary, p)))
+    students = summary[summary["role"] == "student"]
+    if students["model_params"].nunique() > 1 and at_eps("robust", headline_eps) + ":mean" in summary:
+        todo.append(("robustness_vs_size.png", lambda p: robustness_vs_size(summary, p, headline_eps)))
+    for name, fn in todo:
+        fn(folder / name)
+        written.append(folder / name)
+    return written

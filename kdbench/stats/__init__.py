@@ -1,0 +1,1 @@
+"""Statistics over seeds and examples: spread, paired tests, the re-run noise model."""

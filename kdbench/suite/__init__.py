@@ -1,0 +1,1 @@
+"""Suite files -> validated Suite -> jobs, each a pure function of its config."""

@@ -1,0 +1,168 @@
+"""The tables of a suite file that configure a job and a run: `[train]`, `[eval]`, `[check]`, `[executor]`,
+`[save]`, as frozen dataclasses, and their validation (each bad value is one line naming it and what is allowed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.config import from_table
+from ..core.errors import KdbenchError, choices_error
+from ..data.corruptions import CORRUPTIONS
+from ..evaluation.attacks import ATTACKS
+from ..evaluation.noise_sweep import NOISE_FAMILIES
+from ..stats.rerun_noise import ALPHA
+from ..training.optim import OPTIMIZERS, SCHEDULES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # student epochs
+    teacher_epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant
+    adv_eps: float = 0.1  # eps of adversarial training and adversarial distillation
+    adv_steps: int = 10
+    adv_step_size: float | None = None  # default 2.5 * adv_eps / adv_steps (Madry et al. 2018)
+
+    def step_size(self) -> float:
+        if self.adv_step_size is not None:
+            return self.adv_step_size
+        return 2.5 * self.adv_eps / max(self.adv_steps, 1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
+    eps: tuple[float, ...] = (0.05, 0.1, 0.2)
+    pgd_steps: int = 20
+    pgd_step_ratio: float = 0.25  # PGD step size = ratio * eps
+    apgd_steps: int = 50
+    square_queries: int = 1000
+    transfer: bool = True  # PGD examples crafted on the teacher, evaluated on the student
+    sweep_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+    corruptions: tuple[str, ...] = ("gaussian_noise",)
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    # noise-severity sweeps (noise_sweep.py): families and severities f in (0, 1]; `noise-auc/<family>`
+    noise_families: tuple[str, ...] = ("gaussian", "impulse", "blur", "contrast")
+    noise_levels: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+    sanity: bool = True
+    batch_size: int = 1024
+    # CIFAR-10-C / CIFAR-100-C corruptions read from `--corruptions-from DIR` (cifar_c.py): that flag fills in
+    # every corruption file of its folder, so records with and without them have different job ids. A suite
+    # file may name them to require the folder.
+    cifar_c: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """`[executor]`: what one job gets, on this machine or a Ray cluster (`run --executor ray`). Not part of job
+    ids. `cpus_per_job` is the torch threads of a job with either executor; they change its numbers in the last
+    bits, so records name them (`env.threads`) and CPU teachers are cached per thread count. `gpus_per_job` (Ray
+    only) may be a fraction (0.5: two jobs share a GPU)."""
+
+    cpus_per_job: int = 1  # CPUs per job: the job runs torch on that many threads
+    gpus_per_job: float = 0.0
+    max_retries: int = 2  # re-runs of a job whose worker process or node died, before it counts as failed
+
+
+@dataclass(frozen=True)
+class SaveConfig:
+    """`[save]`: what a run keeps besides its records. `students`: each student's weights as
+    students/<job_id>.pt beside its record (docs/models.md); off for grids too large to keep. Not part of job
+    ids: it changes no number."""
+
+    students: bool = True
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """The `[check]` table of a suite file (check.py reads it); the command line overrides it."""
+
+    k: float = 3.0  # fallback tolerance (baselines without per-example data): k standard errors of the seeds
+    floor: float = 0.02
+    tolerance: dict = field(default_factory=dict)  # metric name or glob -> absolute tolerance
+    alpha: float = ALPHA  # family-wise error of a check across machines
+
+
+def check_eps(value: float, where: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise KdbenchError(f"{where} = {value!r} is outside [0, 1] (eps is in [0, 1] pixel scale)")
+    return value
+
+
+def check_names(names, registry, where: str):
+    for name in names:
+        if name not in registry:
+            raise choices_error(registry.kind, name, registry.names()) from None
+
+
+def parse_train(table) -> TrainConfig:
+    """The `[train]` table, validated."""
+    train = from_table(TrainConfig, table, "train")
+    if train.optimizer not in OPTIMIZERS:
+        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
+    if train.schedule not in SCHEDULES:
+        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
+    for key in ("epochs", "teacher_epochs", "batch_size"):
+        if getattr(train, key) < 1:
+            raise KdbenchError(f"train.{key} must be >= 1, got {getattr(train, key)!r}")
+    if train.adv_steps < 0:
+        raise KdbenchError(f"train.adv_steps must be >= 0, got {train.adv_steps!r}")
+    if not train.lr > 0:
+        raise KdbenchError(f"train.lr must be > 0, got {train.lr!r}")
+    check_eps(train.adv_eps, "train.adv_eps")
+
+    return train
+
+
+def parse_eval(table) -> EvalConfig:
+    """The `[eval]` table, validated: registered attacks, corruptions and noise families; eps in [0, 1]."""
+    ev = from_table(EvalConfig, table, "eval")
+    check_names(ev.attacks, ATTACKS, "eval.attacks")
+    check_names(ev.corruptions, CORRUPTIONS, "eval.corruptions")
+    check_names(ev.noise_families, NOISE_FAMILIES, "eval.noise_families")
+    for f in ev.noise_levels:
+        if isinstance(f, bool) or not 0.0 < f <= 1.0:
+            raise KdbenchError(f"eval.noise_levels: level {f!r} is outside (0, 1]")
+    for e in ev.eps:
+        check_eps(e, "eval.eps")
+    for e in ev.sweep_eps:
+        check_eps(e, "eval.sweep_eps")
+    for s in ev.severities:
+        if s not in (1, 2, 3, 4, 5):
+            raise KdbenchError(f"eval.severities: severity {s!r} is invalid; choose from: 1, 2, 3, 4, 5")
+    if not ev.eps:
+        raise KdbenchError("eval.eps must list at least one eps")
+    for key in ("pgd_steps", "apgd_steps", "square_queries", "batch_size"):
+        if getattr(ev, key) < 1:
+            raise KdbenchError(f"eval.{key} must be >= 1, got {getattr(ev, key)!r}")
+
+    return ev
+
+
+def parse_check(table) -> CheckConfig:
+    """The `[check]` table, validated."""
+    check = from_table(CheckConfig, table, "check")
+    for key, tol in check.tolerance.items():
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            raise KdbenchError(f"check.tolerance.{key} must be a number >= 0, got {tol!r}")
+    if not check.k >= 0 or not check.floor >= 0:
+        raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
+    return check
+
+
+def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorConfig:
+    """Resource settings in range (`where` names them in errors: the suite's table or the CLI's flags)."""
+    if cfg.cpus_per_job < 1:
+        raise KdbenchError(f"{where}cpus_per_job must be an integer >= 1, got {cfg.cpus_per_job!r}")
+    if not cfg.gpus_per_job >= 0 or (cfg.gpus_per_job > 1 and cfg.gpus_per_job != int(cfg.gpus_per_job)):
+        raise KdbenchError(f"{where}gpus_per_job must be >= 0 (a fraction of one GPU, or a whole number), "
+                           f"got {cfg.gpus_per_job!r}")
+    if cfg.max_retries < 0:
+        raise KdbenchError(f"{where}max_retries must be >= 0, got {cfg.max_retries!r}")
+    return cfg

@@ -44,11 +44,15 @@ def test_bad_gpu_value_is_one_line_exit_2(tmp_path):
 
 
 def test_gpu_settings_enter_the_ids_of_cuda_jobs_only():
+    from kdbench.core.identity import content_only
+
     plain = parse_suite(DOC)
     off = parse_suite({**DOC, "gpu": {"autocast": "off"}})
     ids = lambda suite, cuda: [j.job_id for j in suite.jobs(cuda)]  # noqa: E731
     assert ids(plain, False) == ids(off, False)  # CPU jobs: the [gpu] table changes nothing
-    assert all("gpu" not in j.config() for j in plain.jobs(False))
+    assert all(j.config()["gpu"] is None and "gpu" not in content_only(j.config()) for j in plain.jobs(False))
+    cpu_job = plain.jobs(False)[-1]
+    assert job_from_config(cpu_job.config(), "x").job_id == cpu_job.job_id
     assert set(ids(plain, True)).isdisjoint(ids(plain, False))
     assert set(ids(plain, True)).isdisjoint(ids(off, True))  # bf16 and float32 runs are different records
     job = plain.jobs(True)[-1]

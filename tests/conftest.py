@@ -203,3 +203,11 @@ def tiny_teachers(tiny_run, tmp_path) -> Path:
     """This test's teacher cache (KDBENCH_CACHE) holding the tiny suite's trained teachers: a run of the tiny
     suite (or a part of it) in this test trains no teacher."""
     return tiny_run.copy_teachers(tmp_path / "cache")
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a run a test interrupts: Ctrl-C reaches it even when the tests were started in the
+    background (a shell starts background jobs with SIGINT ignored, and a child would inherit that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY_SUITE, run_main
+from conftest import interruptible, ROOT, TINY_SUITE, run_main
 from kdbench.execution import job_cost, pool_executor
 from kdbench.execution.resources import local_workers
 from kdbench.methods import METHODS, Distiller
@@ -98,7 +98,7 @@ def test_a_job_failing_in_a_worker_is_recorded_and_the_rest_completes(tmp_path, 
 def _kdbench(*args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "kdbench", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
 
 def _children(pid: int) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_SUITE, run_main
+from conftest import interruptible, ROOT, TINY_SUITE, run_main
 from kdbench.core.errors import KdbenchError
 from kdbench.suite.load import parse_suite
 from kdbench.suite.configs import ExecutorConfig
@@ -109,7 +109,7 @@ def _driver(ray_env, suite, out, address, *extra) -> subprocess.Popen:
     with open(logs[0], "w") as o, open(logs[1], "w") as e:
         proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", "--suite", str(suite), "--out", str(out),
                                  "--executor", "ray", "--address", address, *map(str, extra)], cwd=ROOT, env=env,
-                                text=True, stdout=o, stderr=e)
+                                text=True, stdout=o, stderr=e, preexec_fn=interruptible)
     proc.logs = logs
     return proc
 

@@ -62,15 +62,15 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
     e = f"{headline_eps:g}"
     fig, ax = plt.subplots(figsize=(8, 5.5))
     styles = _styles(summary)
+    robust = at_eps("robust", e)
     for idx, r in summary.iterrows():
-        if at_eps("robust", e) + ":mean" not in r or pd.isna(r[at_eps("robust", e) + ":mean"]):
+        if robust + ":mean" not in r or pd.isna(r[robust + ":mean"]):
             continue
         st = styles[idx]
-        ax.errorbar(100 * r["clean:mean"], 100 * r[at_eps("robust", e) + ":mean"],
+        ax.errorbar(100 * r["clean:mean"], 100 * r[robust + ":mean"],
                     xerr=_bars([100 * r["clean:mean"]], [100 * r["clean:std"]]),
-                    yerr=_bars([100 * r[at_eps("robust", e) + ":mean"]], [100 * r[at_eps("robust", e) + ":std"]]),
-                    fmt=st["marker"],
-                    ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
+                    yerr=_bars([100 * r[robust + ":mean"]], [100 * r[robust + ":std"]]),
+                    fmt=st["marker"], ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
     ax.set_title("Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.evaluation.attacks import build_attack
-from kdbench.execution.estimate import count_passes, data_shape, eval_grad_steps
+from kdbench.execution.estimate import count_passes, data_shape, eval_forward_passes, eval_grad_steps
 from kdbench.models.fold import fold_batch_norm
 from kdbench.core.gpu import AUTOCAST_DTYPES, GpuConfig, full_precision, place, training_precision
 from kdbench.methods import METHODS
@@ -186,7 +186,8 @@ def suite_hours_from_timings(rows: list[dict], plan: TimingPlan) -> dict:
 def suite_flops() -> dict:
     """FLOPs of robustness-cifar10: per job, epochs x images x (forward passes per step counted by
     `kdbench.execution.estimate.count_passes`, each with its backward: 3x a forward's FLOPs; the teachers' per-batch logits:
-    1x), plus the evaluation's attack steps (3x a forward each, every test image attacked) and forward passes.
+    1x), plus the evaluation's attack steps (3x a forward each, every test image attacked) and forward passes
+    (`eval_forward_passes`: clean, corruptions, the noise sweep and the sanity check's noise draws).
     A forward's FLOPs are 2 x its multiply-accumulates (`count_macs`)."""
     suite = load_suite("robustness-cifar10")
     ds = data_shape(suite)
@@ -209,7 +210,7 @@ def suite_flops() -> dict:
             train += suite.train.epochs * ds.n_train * per_image
             arch = job.pair.student
         ev = suite.eval
-        evaluation += ds.n_test * (3 * eval_grad_steps(ev) + 2 + len(ev.corruptions) * len(ev.severities)) * fwd(arch)
+        evaluation += ds.n_test * (3 * eval_grad_steps(ev) + eval_forward_passes(ev)) * fwd(arch)
     return {"train_flops": train, "eval_flops": evaluation, "flops": train + evaluation,
             "forward_gflops": {a: 2 * m / 1e9 for a, m in macs.items()}}
 

@@ -4,18 +4,20 @@ attack written here from plain torch (tests/independent_attack.py: restarts, mar
 The masked model is defensive distillation's recipe in small: a CNN trained on softmax(z / T) at T = 100 and
 deployed on its raw logits z, so its softmax saturates and CE gradients vanish (Carlini & Wagner 2016)."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from independent_attack import strong_robust
 from kdbench.evaluation.evaluate import evaluate
-from kdbench.suite.configs import EvalConfig
+from kdbench.suite.load import load_suite
 
 T = 100.0
 # the default suite's attacks and budgets at its headline eps
-EV = EvalConfig(attacks=("fgsm", "pgd", "apgd-ce", "apgd-dlr"), eps=(0.1,), pgd_steps=20, pgd_step_ratio=0.25,
-                apgd_steps=50, sweep_eps=(), corruptions=(), noise_families=(), sanity=False, transfer=False)
+EV = dataclasses.replace(load_suite("robustness").eval, eps=(0.1,), sweep_eps=(), corruptions=(), noise_families=(),
+                         sanity=False, transfer=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +49,30 @@ def test_masked_model_worst_case_holds_against_a_strong_independent_attack(maske
     made = details["worst_case"]["0.1"]
     assert set(made) >= {"fgsm", "pgd", "apgd-ce", "apgd-dlr", "pgd-rescaled", "apgd-t"}
     assert sum(made.values()) == round((metrics["clean"] - metrics["robust@0.1"]) * len(x))
+
+
+@pytest.mark.slow  # 40 s: 10 restarts x 200 steps x 3 losses
+def test_the_committed_defensive_student_holds_against_a_strong_independent_attack():
+    """The default suite's own defensive student (seed 1, its committed weights): the record's robust@0.1 is within
+    2 points of (or below) what a 200-step, 10-restart attack on three losses written from plain torch finds."""
+    import json
+
+    from conftest import ROOT
+    from kdbench.data.load import load_data
+    from kdbench.models.registry import ModelInput, build_model
+    from kdbench.records.students import verified_weights
+    from kdbench.suite.jobs import job_from_config
+
+    folder = ROOT / "results" / "robustness"
+    records = [json.loads(p.read_text()) for p in sorted((folder / "records").glob("*.json"))]
+    (record,) = [r for r in records if r["role"] == "student" and r["method"] == "defensive" and r["seed"] == 1]
+    data = load_data(job_from_config(record["config"], record["suite"]).data)
+    model = build_model(record["student"]["arch"], ModelInput(data.shape, data.num_classes, data.mean, data.std))
+    model.load_state_dict(torch.load(verified_weights(folder, record), weights_only=True))
+    model.eval().requires_grad_(False)
+    eps = record["headline_eps"]
+    strong = strong_robust(model, data.x_test, data.y_test, eps, steps=200, restarts=10, seed=0).float().mean().item()
+    clean = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert abs(clean - record["metrics"]["clean"]) < 1e-6  # the weights are the record's student
+    assert record["metrics"][f"pgd@{eps:g}"] > strong + 0.05  # it does mask CE gradients
+    assert record["metrics"][f"robust@{eps:g}"] <= strong + 0.02, (record["metrics"][f"robust@{eps:g}"], strong)

@@ -11,7 +11,9 @@ Metric names (stable strings read by tables, plots, the leaderboard and the regr
   (cumulative, as the reference reports it; autoattack.py).
 - `robust@<eps>`: per-example worst case: an example counts only if it is classified correctly clean and
   under every attack run at that eps (transfer included), and under the attacks that see through gradient
-  masking (worst_case.py), run on the survivors. `flag_evidence.worst_case` says which attack broke how many.
+  masking (worst_case.py), run on the survivors. `flag_evidence.worst_case` says which attack broke how many;
+  `flag_evidence.convergence` holds the convergence check (the worst case at the headline eps before and after
+  the strongest attack at 2x steps with restarts), whether or not its flag fired.
 - `sweep@<eps>`: worst case of PGD and APGD-DLR along `eval.sweep_eps` (accuracy-vs-eps curves).
 - `noise-auc/<family>`, `noise/<family>/<level>`: the noise-severity sweep (noise_sweep.py).
 
@@ -159,7 +161,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         flags, details = compute_flags(evidence)
     else:
         flags, details = [], {}
-    details = {**details, "worst_case": made_worst, **({"notes": notes} if notes else {})}
+    details = {**details, "worst_case": made_worst, **({"notes": notes} if notes else {}),
+               **({"convergence": evidence["convergence"]} if "convergence" in evidence else {})}
     if per_example is not None:
         per_example.update({"clean": clean_ok, **{at_eps("robust", eps): ok for eps, ok in robust_ok.items()}})
     return metrics, flags, details

@@ -387,12 +387,14 @@ def test_fitnets_regressor_relu_and_smaller_student_map():
     assert out["hint"].item() == approx(0.5 * ((r - u) ** 2).sum((1, 2, 3)).mean())
 
 
-def test_fitnets_rejects_a_hint_stage_outside_0_1():
+def test_fitnets_rejects_a_hint_stage_outside_0_1_when_the_suite_is_read():
     from kdbench.core.errors import KdbenchError
+    from kdbench.suite.load import parse_methods
 
-    x, y, student, teacher = fitnets_pair()
-    with pytest.raises(KdbenchError, match="hint_stage"):
-        make4(student, teacher, hint_stage=1.0)
+    assert parse_methods({"fitnets": {"hint_stage": 0.0}})[0].params[0] == ("hint_stage", 0.0)
+    for bad in (1.0, -0.1):
+        with pytest.raises(KdbenchError, match=r"methods.fitnets.hint_stage .* outside its range \[0, 1\)"):
+            parse_methods({"fitnets": {"hint_stage": bad}})
 
 
 # ---- leaderboard baselines ------------------------------------------------------------------------------------

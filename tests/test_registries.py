@@ -88,3 +88,17 @@ def test_a_throwaway_attack_and_corruption_are_costed_checked_and_run(trained_di
         assert "corruption/throwaway" in metrics
     finally:
         del ATTACKS._entries["throwaway"], CORRUPTIONS._entries["throwaway"]
+
+
+def test_every_numeric_method_parameter_carries_its_range():
+    """A method's numeric parameters each have a range on the entry (checked when a suite is read), and the
+    defaults lie in it."""
+    from kdbench.methods import METHODS
+
+    for entry in METHODS.entries():
+        cls = entry.obj
+        numeric = {k for k, v in cls.defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert set(cls.bounds) == numeric, (entry.name, numeric ^ set(cls.bounds))
+        for key, bound in cls.bounds.items():
+            assert bound.holds(cls.defaults[key]), (entry.name, key, cls.defaults[key], str(bound))
+

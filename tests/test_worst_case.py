@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-
 from independent_attack import strong_robust
+
 from kdbench.evaluation.evaluate import evaluate
 from kdbench.suite.load import load_suite
 
@@ -58,6 +58,7 @@ def test_the_committed_defensive_student_holds_against_a_strong_independent_atta
     import json
 
     from conftest import ROOT
+
     from kdbench.data.load import load_data
     from kdbench.models.registry import ModelInput, build_model
     from kdbench.records.students import verified_weights

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
+from ..core.bounds import WEIGHT
 from ..core.gpu import full_precision
 from .base import Batch, Distiller, kl_soft, register_method
 from .perexample import kl_rows
@@ -54,6 +55,7 @@ class AdaAD(Distiller):
     """
 
     defaults = {"alpha": 1.0}
+    bounds = {"alpha": WEIGHT}
     teacher_kind = "adversarial"
     baselines = ("ce", "at")
 

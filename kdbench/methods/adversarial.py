@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
+from ..core.bounds import POSITIVE, WEIGHT
 from ..core.gpu import full_precision
 from .base import KL_REDUCTIONS, Batch, Distiller, kd_loss, kl_soft, register_method
 
@@ -56,6 +57,7 @@ class ARD(AdversarialDistiller):
     """
 
     defaults = {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean"}
+    bounds = {"temperature": POSITIVE, "alpha": WEIGHT}
     choices = {"kl_reduction": KL_REDUCTIONS}
     attack_in_train_mode = True
     baselines = ("ce", "at")
@@ -100,6 +102,7 @@ class RSLAD(AdversarialDistiller):
     """
 
     defaults = {"adv_weight": 5 / 6, "kl_reduction": "batchmean"}
+    bounds = {"adv_weight": WEIGHT}
     choices = {"kl_reduction": KL_REDUCTIONS}
     baselines = ("ce", "at")
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.bounds import Bound
 from ..core.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -59,6 +60,7 @@ class Distiller(nn.Module):
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple]] = {}  # parameter -> its allowed values (checked when a suite is read)
+    bounds: ClassVar[dict[str, Bound]] = {}  # numeric parameter -> its range (checked when a suite is read)
     teacher_kind: ClassVar[str | None] = "standard"  # None: the method uses no teacher
     pretrained_refused: ClassVar[str] = ""  # why a pretrained teacher cannot stand in for its teacher ("": it can)
     uses_teacher_logits: ClassVar[bool] = True

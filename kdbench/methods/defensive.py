@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..core.bounds import POSITIVE
 from .base import Batch, Distiller, TeacherSpec, register_method
 
 
@@ -21,6 +22,7 @@ class DefensiveDistillation(Distiller):
     """
 
     defaults = {"temperature": 100.0}
+    bounds = {"temperature": POSITIVE}
     teacher_kind = "defensive"
     pretrained_refused = ("its teacher is trained with softmax at the method's temperature T (kind 'defensive'), "
                           "which a model trained elsewhere was not")

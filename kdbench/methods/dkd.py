@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.bounds import FRACTION, NON_NEGATIVE, POSITIVE
 from .base import Batch, Distiller, register_method
 
 
@@ -40,6 +41,8 @@ class DKD(Distiller):
     """
 
     defaults = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "ce_weight": 1.0, "warmup": 20 / 240}
+    bounds = {"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "temperature": POSITIVE, "ce_weight": NON_NEGATIVE,
+              "warmup": FRACTION}
 
     def losses(self, batch: Batch):
         p = self.params

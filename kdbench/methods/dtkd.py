@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.bounds import FRACTION, NON_NEGATIVE, POSITIVE
 from .base import Batch, Distiller, kd_loss, register_method
 
 MIN_MAX_SUM = 1e-6  # below this, max(z_t) + max(z_s) gives no usable temperatures
@@ -41,6 +42,8 @@ class DTKD(Distiller):
     """
 
     defaults = {"tau": 4.0, "alpha": 3.0, "beta": 1.0, "ce_weight": 1.0, "warmup": 20 / 240}
+    bounds = {"tau": POSITIVE, "alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "ce_weight": NON_NEGATIVE,
+              "warmup": FRACTION}
 
     def losses(self, batch: Batch):
         p = self.params

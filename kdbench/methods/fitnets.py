@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import KdbenchError
+from ..core.bounds import FRACTION, NON_NEGATIVE, POSITIVE
 from .base import Batch, Distiller, register_method
 from .hierarchical import same_size
 
@@ -44,11 +44,11 @@ class FitNets(Distiller):
     """
 
     defaults = {"hint_stage": 0.25, "temperature": 3.0, "lambda_start": 4.0, "lambda_end": 1.0}
+    bounds = {"hint_stage": FRACTION, "temperature": POSITIVE, "lambda_start": NON_NEGATIVE,
+              "lambda_end": NON_NEGATIVE}
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
-        if not 0.0 <= self.params["hint_stage"] < 1.0:
-            raise KdbenchError(f"methods.fitnets.hint_stage {self.params['hint_stage']!r} is outside [0, 1)")
         device = next(student.parameters()).device
         probe = torch.rand(2, *ctx.input_shape, generator=torch.Generator().manual_seed(0)).to(device)  # own stream
         with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.bounds import NON_NEGATIVE, POSITIVE, WEIGHT
 from .base import Batch, Distiller, kd_loss, register_method
 
 
@@ -62,6 +63,7 @@ class StageHints(FeatureDistiller):
     """
 
     defaults = {"beta": 1.0, "temperature": 4.0, "alpha": 0.9, "stages": [-3, -2, -1]}
+    bounds = {"beta": NON_NEGATIVE, "temperature": POSITIVE, "alpha": WEIGHT}
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
@@ -96,6 +98,7 @@ class AttentionTransfer(FeatureDistiller):
     """
 
     defaults = {"beta": 1000.0, "p": 2.0, "temperature": 4.0, "alpha": 0.0, "stages": [-3, -2, -1]}
+    bounds = {"beta": NON_NEGATIVE, "p": POSITIVE, "temperature": POSITIVE, "alpha": WEIGHT}
 
     def losses(self, batch: Batch):
         s_logits, t_logits, pairs = self.stage_pairs(batch.x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.bounds import FRACTION, NON_NEGATIVE, POSITIVE, WEIGHT
 from .adversarial import AdversarialDistiller
 from .base import Batch, kd_loss, register_method
 from .perexample import kl_rows
@@ -38,6 +39,7 @@ class IAD(AdversarialDistiller):
     """
 
     defaults = {"temperature": 1.0, "alpha": 1.0, "beta": 0.1, "begin": 0.3}
+    bounds = {"temperature": POSITIVE, "alpha": WEIGHT, "beta": NON_NEGATIVE, "begin": FRACTION}
     baselines = ("ce", "at")
 
     def losses(self, batch: Batch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..core.bounds import POSITIVE, WEIGHT
 from .base import Batch, Distiller, kd_loss, register_method
 
 
@@ -26,6 +27,7 @@ class KD(Distiller):
     """
 
     defaults = {"temperature": 4.0, "alpha": 0.9}
+    bounds = {"temperature": POSITIVE, "alpha": WEIGHT}
 
     def losses(self, batch: Batch):
         T, alpha = self.params["temperature"], self.params["alpha"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.bounds import NON_NEGATIVE, WEIGHT
 from .adversarial import AdversarialDistiller
 from .base import Batch, TeacherSpec, kl_soft, register_method
 
@@ -35,6 +36,7 @@ class MTARD(AdversarialDistiller):
     """
 
     defaults = {"eta": 0.025, "bert": 1.0}
+    bounds = {"eta": WEIGHT, "bert": NON_NEGATIVE}
     baselines = ("ce", "at")
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.bounds import AT_LEAST_ONE, POSITIVE, WEIGHT
 from .base import Batch, Distiller, TeacherSpec, kl_soft, register_method
 
 MEMBER_SEED_STRIDE = 1000  # member k of a job with seed s is trained with seed s + 1000 * k
@@ -23,6 +24,7 @@ class MultiTeacher(Distiller):
     """
 
     defaults = {"temperature": 4.0, "alpha": 0.9, "members": 2, "archs": []}
+    bounds = {"temperature": POSITIVE, "alpha": WEIGHT, "members": AT_LEAST_ONE}
 
     @classmethod
     def teacher_specs(cls, params, arch, kind, seed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.bounds import NON_NEGATIVE, POSITIVE, WEIGHT
 from .base import Batch, Distiller, kd_loss, register_method
 
 
@@ -19,6 +20,7 @@ class NoiseKD(Distiller):
     """
 
     defaults = {"temperature": 4.0, "alpha": 0.9, "sigma": 0.1}
+    bounds = {"temperature": POSITIVE, "alpha": WEIGHT, "sigma": NON_NEGATIVE}
     uses_teacher_logits = False
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..core.bounds import WEIGHT
 from .base import Batch, Distiller, register_method
 
 
@@ -15,6 +16,7 @@ class Pointwise(Distiller):
     """
 
     defaults = {"alpha": 0.5}
+    bounds = {"alpha": WEIGHT}
 
     def losses(self, batch: Batch):
         alpha = self.params["alpha"]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
+from ..core.bounds import NON_NEGATIVE
 from ..core.gpu import full_precision
 from .base import Batch, Distiller, kl_soft, register_method
 
@@ -53,6 +54,7 @@ class TRADES(Distiller):
     """
 
     defaults = {"beta": TRADES_BETA}
+    bounds = {"beta": NON_NEGATIVE}
     teacher_kind = None
     uses_teacher_logits = False
 

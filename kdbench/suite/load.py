@@ -224,6 +224,9 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         for key, allowed in cls.choices.items():
             if merged[key] not in allowed:
                 raise KdbenchError(f"methods.{name}.{key} {merged[key]!r} is unknown; choose from: {', '.join(allowed)}")
+        for key, bound in cls.bounds.items():
+            if not bound.holds(merged[key]):
+                raise KdbenchError(f"methods.{name}.{key} {merged[key]!r} is outside its range {bound}")
         runs.append(MethodRun(name, tuple(sorted(merged.items())), kind))
     return tuple(runs)
 

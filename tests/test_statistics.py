@@ -104,7 +104,9 @@ def test_the_committed_records_are_paired_on_seeds():
     from scipy.stats import t
 
     robust = {(r["method"], r["seed"]): 100 * r["metrics"]["robust@0.1"] for r in records if r["role"] == "student"}
-    diffs = [robust["dtkd", s] - robust["ce", s] for s in sorted({s for m, s in robust if m == "ce"})]
+    both = sorted({s for m, s in robust if m == "ce"} & {s for m, s in robust if m == "dtkd"})
+    assert len(both) < len({s for m, s in robust if m == "ce"})  # ce has seeds of its own: paired on the common ones
+    diffs = [robust["dtkd", s] - robust["ce", s] for s in both]
     half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
     mean = statistics.mean(diffs)
     assert dtkd.startswith(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"), (dtkd, diffs)
@@ -233,7 +235,7 @@ def test_adversarial_methods_are_also_compared_with_adversarial_training():
     assert list(table.columns[:5]) == ["rank", "method", "robust@0.1", "Δ vs ce", "Δ vs at"]
     rows = {r["method"]: r for _, r in table.iterrows()}
     robust = {(r["method"], r["seed"]): 100 * r["metrics"]["robust@0.1"] for r in records if r["role"] == "student"}
-    seeds = sorted({s for m, s in robust if m == "ce"})
+    seeds = sorted({s for m, s in robust if m == "ce"} & {s for m, s in robust if m == "rslad"})  # both rows' seeds
     expected = sum(robust["rslad", s] - robust["ce", s] for s in seeds) / len(seeds) - 30  # at = ce + 30 points
     assert rows["rslad [adversarial teacher]"]["Δ vs at"].startswith(f"{expected:+.1f} ["), expected
     assert rows["kd"]["Δ vs at"] == "" and rows["kd"]["Δ vs ce"] and rows["at"]["Δ vs at"] == ""

@@ -47,6 +47,21 @@ def test_overrides_pick_methods_and_seeds(tiny_suite):
     assert [m.name for m in s.methods] == ["kd"] and s.seeds == (5,)
 
 
+def test_a_method_can_have_seeds_of_its_own(tiny_suite):
+    import tomllib
+
+    doc = tomllib.loads(TINY_SUITE)
+    own = parse_suite({**doc, "methods": {"ce": {"seeds": [1, 2, 3, 4]}, "kd": {}}})
+    jobs = own.jobs()
+    assert sorted(j.seed for j in jobs if j.method == "ce") == [1, 2, 3, 4]
+    assert sorted(j.seed for j in jobs if j.method == "kd") == [1, 2]  # the suite's
+    assert sorted(j.seed for j in jobs if j.is_teacher) == [1, 2]  # ce needs no teacher at seeds 3, 4
+    same = {j.job_id for j in load_suite(str(tiny_suite)).jobs()}
+    assert same <= {j.job_id for j in jobs}  # the seeds key is not a parameter: the shared jobs keep their ids
+    overridden = with_overrides(own, None, [7]).jobs()  # --seeds replaces a method's own seeds too
+    assert {j.seed for j in overridden} == {7}
+
+
 BAD = [
     ('dataset = "digitz"', "unknown dataset 'digitz'", "digits"),
     ('[[pairs]]\nteacher = "resnet-9000"\nstudent = "cnn-small"', "unknown model 'resnet-9000'", "cnn-small"),
@@ -62,6 +77,8 @@ BAD = [
     ('[methods]\nkd = { temprature = 2.0 }', "unknown key 'temprature'", "did you mean 'temperature'"),
     ('[methods]\nkd = { temperature = "hot" }', "methods.kd.temperature", "number"),
     ('[methods]\nkd = { teacher = "genius" }', "unknown teacher kind 'genius'", "adversarial"),
+    ('[methods]\nkd = { seeds = [1, 0] }', "seed 0", ">= 1"),
+    ('[methods]\nkd = { seeds = 3 }', "methods.kd.seeds", "non-empty list"),
     ('[methods]\nkd = { temperature = 0.0 }', "methods.kd.temperature 0.0", "outside its range (0, inf)"),
     ('[methods]\nkd = { alpha = 1.5 }', "methods.kd.alpha 1.5", "outside its range [0, 1]"),
     ('[methods]\nkd = { alpha = 0.5 }\nfitnets = { hint_stage = 1.0 }', "methods.fitnets.hint_stage 1.0",

@@ -73,7 +73,7 @@ def _note(results: list[Paired], metric: str, names: list[str]) -> str:
     tested = [p for p in results if p.test != "none"]
     m = len(tested)
     used = sorted({p.test for p in results}, key=list(TESTS).index)
-    text = (f"Δ vs {' / '.join(names)}: paired difference in {metric} to that baseline row (same seeds"
+    text = (f"Δ vs {' / '.join(names)}: paired difference in {metric} to that baseline row (on the seeds both have"
             + (", same examples" if any(t in ("crossed", "mcnemar") for t in used) else "")
             + "), in points")
     if not tested:

@@ -56,6 +56,7 @@ class MethodRun:
     name: str
     params: tuple[tuple[str, Any], ...]
     teacher_kind: str | None
+    seeds: tuple[int, ...] = ()  # this method's own seeds (the reserved key `seeds`); () = the suite's
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Suite:
         students, teachers = [], {}
         for pair in self.pairs:
             for m in self.methods:
-                for seed in self.seeds:
+                for seed in m.seeds or self.seeds:
                     job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
                               self.headline_eps, gpu, self.save.students)
                     students.append(job)
@@ -169,14 +170,7 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
         raise KdbenchError(f"pairs must be a non-empty list of {{teacher, student}} tables, got {pairs_doc!r}")
     pairs = tuple(parse_pair(p, f"pairs[{i}]", base_dir, data.name) for i, p in enumerate(pairs_doc))
 
-    seeds = doc.get("seeds", [1, 2, 3])
-    if not isinstance(seeds, list) or not seeds:
-        raise KdbenchError(f"seeds must be a non-empty list of integers >= 1, got {seeds!r}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
-    if len(set(seeds)) != len(seeds):
-        raise KdbenchError(f"seeds must be distinct, got {seeds!r}")
+    seeds = check_seeds(doc.get("seeds", [1, 2, 3]), "seeds")
 
     train = parse_train(doc.get("train"))
     ev = parse_eval(doc.get("eval"))
@@ -196,15 +190,29 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     if ref_seeds is not None and (isinstance(ref_seeds, bool) or not isinstance(ref_seeds, int) or ref_seeds < 1):
         raise KdbenchError(f"reference_seeds must be an integer >= 1 (teacher reference rows at the first N seeds), "
                            f"got {ref_seeds!r}")
-    suite = Suite(name, description, data, pairs, methods, tuple(seeds), train, ev, headline, source, check,
+    suite = Suite(name, description, data, pairs, methods, seeds, train, ev, headline, source, check,
                   executor, gpu, save, ref_seeds)
     check_pretrained(suite)
     return suite
 
 
+def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    """A non-empty list of distinct integers >= 1."""
+    if not isinstance(seeds, list) or not seeds:
+        raise KdbenchError(f"{where} must be a non-empty list of integers >= 1, got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
+    if len(set(seeds)) != len(seeds):
+        raise KdbenchError(f"{where} must be distinct, got {seeds!r}")
+    return tuple(seeds)
+
+
 def parse_methods(table: Any) -> tuple[MethodRun, ...]:
     """`[methods]` maps each method to its parameters (`kd = { temperature = 4.0 }`, `ce = {}`); the reserved
-    key `teacher` picks the teacher kind (defaults to the method's own)."""
+    key `teacher` picks the teacher kind (defaults to the method's own), and the reserved key `seeds` gives the
+    method its own seeds in place of the suite's (more seeds for the rows whose comparisons need them; the
+    leaderboard pairs two rows on the seeds both have)."""
     if isinstance(table, list):
         table = {name: {} for name in table} if all(isinstance(n, str) for n in table) else None
     if not isinstance(table, dict) or not table:
@@ -216,6 +224,7 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
             raise KdbenchError(f"methods.{name} must be a table of parameters, got {params!r}")
         params = dict(params)
         kind = params.pop("teacher", cls.teacher_kind)
+        own_seeds = check_seeds(params.pop("seeds"), f"methods.{name}.seeds") if "seeds" in params else ()
         if cls.teacher_kind is None and kind is not None:
             raise KdbenchError(f"methods.{name} uses no teacher; remove its 'teacher' key")
         if kind is not None:
@@ -227,12 +236,13 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         for key, bound in cls.bounds.items():
             if not bound.holds(merged[key]):
                 raise KdbenchError(f"methods.{name}.{key} {merged[key]!r} is outside its range {bound}")
-        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind))
+        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind, own_seeds))
     return tuple(runs)
 
 
 def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[int] | None = None) -> Suite:
-    """The suite restricted to some of its methods and/or run on other seeds (CLI --methods / --seeds)."""
+    """The suite restricted to some of its methods and/or run on other seeds (CLI --methods / --seeds; the seeds
+    given replace every method's own seeds too)."""
     if methods:
         known = {m.name: m for m in suite.methods}
         picked = []
@@ -247,6 +257,7 @@ def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[i
         for s in seeds:
             if s < 1:
                 raise KdbenchError(f"seed {s!r} is invalid; seeds are integers >= 1")
-        suite = dataclasses.replace(suite, seeds=tuple(dict.fromkeys(seeds)))
+        suite = dataclasses.replace(suite, seeds=tuple(dict.fromkeys(seeds)),  # for every method: theirs too
+                                    methods=tuple(dataclasses.replace(m, seeds=()) for m in suite.methods))
     check_pretrained(suite)
     return suite

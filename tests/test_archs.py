@@ -262,6 +262,27 @@ def test_robustbench_missing_package_is_a_clear_error(tmp_path, monkeypatch):
                         inp((3, 32, 32)), "cpu", tmp_path)
 
 
+def test_robustbench_that_cannot_import_its_dependency_says_which(tmp_path, monkeypatch):
+    """RobustBench installed but failing on an import of its own (pkg_resources, removed from setuptools 82) is
+    not 'missing': the error names the missing module and the fix."""
+    import builtins
+
+    from kdbench.training.pretrained import PretrainedTeacher, load_pretrained
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("robustbench"):
+            raise ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(KdbenchError, match=r"installed but cannot be imported.*pkg_resources.*setuptools<82") as e:
+        load_pretrained(PretrainedTeacher("robustbench", "Standard", dataset="cifar10", threat_model="Linf"),
+                        inp((3, 32, 32)), "cpu", tmp_path)
+    assert "pip install 'kdbench[robustbench]'" not in str(e.value)
+
+
 def test_real_robustbench_model(tmp_path):
     """Only where the optional package is installed and the network is allowed (KDBENCH_NETWORK_TESTS=1)."""
     pytest.importorskip("robustbench")

@@ -286,7 +286,12 @@ class ExternalTeacher(nn.Module):
 def load_robustbench_model(pre: PretrainedTeacher, model_dir: Path) -> nn.Module:
     try:
         from robustbench.utils import load_model
-    except ImportError:
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "robustbench":  # installed, but something it imports is missing
+            hint = (" (RobustBench imports pkg_resources, which setuptools 82 removed: pip install 'setuptools<82')"
+                    if e.name == "pkg_resources" else "")
+            raise KdbenchError(f"teacher robustbench:{pre.ref}: the RobustBench package is installed but cannot be "
+                               f"imported: {e}{hint}") from None
         raise KdbenchError(f"teacher robustbench:{pre.ref} needs the optional RobustBench package: "
                            f"pip install 'kdbench[robustbench]'") from None
     try:

@@ -66,8 +66,10 @@ def smoke_subset(tmp_path, suite_name: str, methods) -> Path:
     return path
 
 
+# The eight methods' run (about 20 s) runs with the slow tests; the fast loop keeps the ce and kd run of the same
+# path (real files, a run, a dry run, `check --run`), and every method's training step in test_methods.py
 @pytest.mark.parametrize("suite_name,folder,methods", [
-    ("robustness-mnist-smoke", "MNIST", SMOKE_METHODS),
+    pytest.param("robustness-mnist-smoke", "MNIST", SMOKE_METHODS, marks=pytest.mark.slow),
     ("robustness-fashion-smoke", "FashionMNIST", ("ce", "kd")),  # the MNIST family's other files: the data path
 ])
 def test_mnist_family_smoke_suites(tmp_path, monkeypatch, suite_name, folder, methods):
@@ -233,8 +235,8 @@ def test_real_suites_load_with_their_protocol():
 
 # The grid, the labels and the format of the estimate do not depend on the times measured: the fast loop checks
 # them with stand-in timings; measuring WRN-34-10 (46M parameters) on the CPU takes about a minute, so the
-# measured variant runs with the slow tests (the measurement itself is run in the fast loop on LeNets, by
-# test_mnist_family_smoke_suites's dry run).
+# measured variant runs with the slow tests (the measurement itself is run in the fast loop on LeNets, by the
+# fashion smoke suite's dry run in test_mnist_family_smoke_suites).
 @pytest.mark.parametrize("timings", ["stand-in", pytest.param("measured", marks=pytest.mark.slow)])
 def test_dry_run_of_the_cifar10_suite(tmp_path, monkeypatch, timings):
     from kdbench.execution import estimate

@@ -9,12 +9,15 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 
 SOURCES = ("kdbench", "benchmarks", "pyproject.toml", "setup.py", "README.md")
 
 
+@pytest.mark.slow  # pip builds a wheel and installs it into a fresh venv: about 15 s of subprocesses
 def test_wheel_ships_the_builtin_suites_and_they_load_outside_the_repo(tmp_path):
     # built from a copy of the sources: an in-tree build would reuse (and leave) a build/ folder in the repository
     src = tmp_path / "src"

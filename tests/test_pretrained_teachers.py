@@ -133,11 +133,11 @@ def test_every_other_combination_is_an_error_at_suite_load(tmp_path, teacher, me
 
 
 def test_methods_picked_on_the_command_line_are_checked_too(tmp_path):
-    from conftest import run_cli
+    from conftest import run_main
 
     _suite(tmp_path, _table("a", "standard"), "kd = {}")
     out = tmp_path / "out"
-    proc = run_cli("run", "--suite", tmp_path / "pre.toml", "--methods", "kd,defensive", "--out", out, "--quiet")
+    proc = run_main("run", "--suite", tmp_path / "pre.toml", "--methods", "kd,defensive", "--out", out, "--quiet")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "defensive cannot use a pretrained teacher" in proc.stderr
     assert not out.exists()

@@ -66,8 +66,10 @@ def smoke_subset(tmp_path, suite_name: str, methods) -> Path:
     return path
 
 
+# The eight methods' run (about 20 s) runs with the slow tests; the fast loop keeps the ce and kd run of the same
+# path (real files, a run, a dry run, `check --run`), and every method's training step in test_methods.py
 @pytest.mark.parametrize("suite_name,folder,methods", [
-    ("robustness-mnist-smoke", "MNIST", SMOKE_METHODS),
+    pytest.param("robustness-mnist-smoke", "MNIST", SMOKE_METHODS, marks=pytest.mark.slow),
     ("robustness-fashion-smoke", "FashionMNIST", ("ce", "kd")),  # the MNIST family's other files: the data path
 ])
 def test_mnist_family_smoke_suites(tmp_path, monkeypatch, suite_name, folder, methods):
@@ -231,7 +233,23 @@ def test_real_suites_load_with_their_protocol():
         assert acc == sorted(acc, reverse=True) and r["PGD-SAT"] <= r["PGD-TRADES"] <= r["FGSM"], r
 
 
-def test_dry_run_of_the_cifar10_suite(tmp_path):
+# The grid, the labels and the format of the estimate do not depend on the times measured: the fast loop checks
+# them with stand-in timings; measuring WRN-34-10 (46M parameters) on the CPU takes about a minute, so the
+# measured variant runs with the slow tests (the measurement itself is run in the fast loop on LeNets, by the
+# fashion smoke suite's dry run in test_mnist_family_smoke_suites).
+@pytest.mark.parametrize("timings", ["stand-in", pytest.param("measured", marks=pytest.mark.slow)])
+def test_dry_run_of_the_cifar10_suite(tmp_path, monkeypatch, timings):
+    from kdbench.execution import estimate
+
+    measured = []
+
+    def stand_in(arch, ds, batch, device, eval_batch=None) -> dict:
+        """What `estimate.measure_arch` returns (seconds per example), without timing anything."""
+        measured.append(arch)
+        return {"fb": 1e-3, "f": 3e-4, "afb": 8e-4, "af": 2e-4, "params": 1_000_000}
+
+    if timings == "stand-in":
+        monkeypatch.setattr(estimate, "measure_arch", stand_in)
     out = tmp_path / "out"
     r = run_main("run", "--suite", "robustness-cifar10", "--dry-run", "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr
@@ -246,3 +264,6 @@ def test_dry_run_of_the_cifar10_suite(tmp_path):
     assert "ESTIMATE for this device (cpu, CPU)" in r.stdout and "CPU hours" in r.stdout
     assert "measuring wrn-34-10" in r.stderr
     assert not out.exists()  # nothing run, nothing written
+    if timings == "stand-in":  # every architecture measured once, and the estimate built from those times
+        assert measured == ["mobilenetv2", "resnet18", "wrn-34-10"]
+        assert "1,000,000 params     1.000 ms /    0.300 ms" in r.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY_SUITE, run_cli, run_main
+from conftest import ROOT, TINY_SUITE, run_main
 from kdbench.__main__ import main
 from kdbench.core.errors import KdbenchError
 from kdbench.methods import METHODS, Distiller
@@ -88,8 +88,10 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path, broken_methods):
 def test_a_second_run_on_a_locked_folder_exits_with_a_clear_message(tmp_path, tiny_suite):
     out = tmp_path / "out"
     out.mkdir()
-    with results_lock(out):  # this process holds the lock; the CLI is another process
-        proc = run_cli("run", "--suite", tiny_suite, "--out", out, "--quiet")
+    # this test holds the lock; the run opens the lock file anew, and an flock belongs to an open file, so it is
+    # refused as another process's run would be (test_lock_is_released_when_the_holder_exits: another process)
+    with results_lock(out):
+        proc = run_main("run", "--suite", tiny_suite, "--out", out, "--quiet")
     assert proc.returncode == 2
     assert "is in use by another kdbench run" in proc.stderr and str(os.getpid()) in proc.stderr
     assert not (out / "records").exists()

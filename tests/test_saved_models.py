@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_SUITE, run_cli
+from conftest import TINY_SUITE, run_main
 
 ONE_SEED_KD = TINY_SUITE.replace("seeds = [1, 2]", "seeds = [1]")
 
@@ -56,7 +56,7 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
 
     kd = next(rec for rec in students if rec["method"] == "kd")
     again = tmp_path / "again"
-    r = run_cli("evaluate", "--record", out / "records" / f"{kd['job_id']}.json", "--name", "kd-again", "--out", again,
+    r = run_main("evaluate", "--record", out / "records" / f"{kd['job_id']}.json", "--name", "kd-again", "--out", again,
                 "--cache-dir", cache, "--quiet")
     assert r.returncode == 0, r.stderr
     (ext,) = _records(again)
@@ -65,13 +65,13 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
     assert "transfer@0.1" in ext["metrics"]
 
     # a second evaluate of the same model and protocol finds its record and writes nothing new
-    r = run_cli("evaluate", "--record", out / "records" / f"{kd['job_id']}.json", "--name", "kd-again", "--out", again,
+    r = run_main("evaluate", "--record", out / "records" / f"{kd['job_id']}.json", "--name", "kd-again", "--out", again,
                 "--cache-dir", cache, "--quiet")
     assert r.returncode == 0 and "0 record(s) written" in r.stdout and len(_records(again)) == 1
 
     # export: weights + standalone code + card; the model loads without kdbench and gives kdbench's logits
     dest = tmp_path / "exported"
-    r = run_cli("export", out / "records" / f"{kd['job_id']}.json", "--to", dest)
+    r = run_main("export", out / "records" / f"{kd['job_id']}.json", "--to", dest)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["card.json", "load.py", "model.py", "weights.pt"]
     card = json.loads((dest / "card.json").read_text())
@@ -91,7 +91,7 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
 
     # --no-save-students: records without weights, no students/ folder
     bare = tmp_path / "bare"
-    r = run_cli("run", "--suite", suite, "--out", bare, "--cache-dir", cache, "--methods", "ce", "--seeds", "1",
+    r = run_main("run", "--suite", suite, "--out", bare, "--cache-dir", cache, "--methods", "ce", "--seeds", "1",
                 "--no-save-students", "--quiet")
     assert r.returncode == 0, r.stderr
     assert not (bare / "students").exists()
@@ -127,13 +127,13 @@ def test_external_checkpoint_is_a_leaderboard_row_with_its_flags(tmp_path):
     ckpt = tmp_path / "mine.pt"
     torch.save(model.state_dict(), ckpt)
     results = tmp_path / "results"
-    r = run_cli("evaluate", "--checkpoint", ckpt, "--arch", "cnn-small", "--suite", suite, "--name", "mine",
+    r = run_main("evaluate", "--checkpoint", ckpt, "--arch", "cnn-small", "--suite", suite, "--name", "mine",
                 "--out", results / "tiny", "--no-transfer", "--quiet")
     assert r.returncode == 0, r.stderr
     (rec,) = _records(results / "tiny")
     assert rec["role"] == "external" and "zero-gradients" in rec["flags"]
     assert (results / "tiny" / rec["student"]["weights"]["file"]).is_file()
-    r = run_cli("leaderboard", "--results", results, "--suite", "tiny")
+    r = run_main("leaderboard", "--results", results, "--suite", "tiny")
     assert r.returncode == 0, r.stderr
     md = (results / "tiny" / "leaderboard.md").read_text()
     header, row = _header(md), _row(md, "mine [external]")
@@ -144,15 +144,15 @@ def test_external_checkpoint_is_a_leaderboard_row_with_its_flags(tmp_path):
     assert card["weights"][0]["sha256"] == rec["student"]["weights"]["sha256"]
     assert 'href="cards/' in (results / "tiny" / "leaderboard.html").read_text()
     # check treats the row like any other: in the baseline, then compared
-    r = run_cli("check", "--suite", suite, "--results", results, "--update-baseline")
+    r = run_main("check", "--suite", suite, "--results", results, "--update-baseline")
     assert r.returncode == 0, r.stderr
     assert any("mine [external]" in k for k in json.loads((results / "tiny" / "baseline.json").read_text())["rows"])
-    assert run_cli("check", "--suite", suite, "--results", results).returncode == 0
+    assert run_main("check", "--suite", suite, "--results", results).returncode == 0
     # the name is taken by this model: another model under it is refused, nothing written
     other = tmp_path / "other.pt"
     torch.save(_plain_torch_model(epochs=0).state_dict(), other)
     before = sorted(p.name for p in (results / "tiny" / "records").iterdir())
-    r = run_cli("evaluate", "--checkpoint", other, "--arch", "cnn-small", "--suite", suite, "--name", "mine",
+    r = run_main("evaluate", "--checkpoint", other, "--arch", "cnn-small", "--suite", suite, "--name", "mine",
                 "--out", results / "tiny", "--no-transfer", "--quiet")
     assert r.returncode == 2 and "is taken" in r.stderr
     assert sorted(p.name for p in (results / "tiny" / "records").iterdir()) == before
@@ -195,7 +195,7 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(tmp_path, kind, needle):
     suite.write_text(ONE_SEED_KD)
     ckpt = _bad_checkpoint(kind, tmp_path)
     out = tmp_path / "out"
-    r = run_cli("evaluate", "--checkpoint", ckpt, "--arch", "cnn-small", "--suite", suite, "--name", "bad",
+    r = run_main("evaluate", "--checkpoint", ckpt, "--arch", "cnn-small", "--suite", suite, "--name", "bad",
                 "--out", out, "--no-transfer", "--quiet")
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -214,7 +214,7 @@ def test_evaluate_input_errors(tmp_path):
                          (("--arch", "cnn-small", "--name", "a b"), "--name 'a b'"),
                          ((), "give its architecture with --arch")]:
         name = () if "--name" in args else ("--name", "m")
-        r = run_cli("evaluate", "--checkpoint", ckpt, "--suite", suite, *name, *args, "--out", out, "--quiet")
+        r = run_main("evaluate", "--checkpoint", ckpt, "--suite", suite, *name, *args, "--out", out, "--quiet")
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not out.exists()
 

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, run_main
+from conftest import ROOT, run_main
 
 from kdbench.records.examples import masks_of, pack, unpack
 from kdbench.stats.paired import compare, crossed, holm, mcnemar, seed_t
@@ -180,8 +180,8 @@ def test_check_across_thread_counts_uses_the_noise_model(tmp_path, tiny_run):
     suite = tiny_run.suite
     assert run_main("check", "--suite", suite, "--results", results, "--update-baseline").returncode == 0
     two = tmp_path / "two-threads"
-    proc = run_cli("run", "--suite", suite, "--methods", "ce", "--seeds", "1", "--workers", "1", "--quiet", "--out",
-                   two, "--cpus-per-job", "2", "--cache-dir", tmp_path / "cache", timeout=900)
+    proc = run_main("run", "--suite", suite, "--methods", "ce", "--seeds", "1", "--workers", "1", "--quiet", "--out",
+                    two, "--cpus-per-job", "2", "--cache-dir", tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr
     ok = run_main("check", "--suite", suite, "--results", results, "--out", two)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import TINY_SUITE, run_cli, run_main
+from conftest import TINY_SUITE, run_main
 from kdbench.core.errors import KdbenchError
 from kdbench.methods import METHODS
 from kdbench.suite.load import load_suite, parse_suite, with_overrides
@@ -125,7 +125,7 @@ def _replace_section(doc: str, snippet: str) -> str:
 
 
 def test_unknown_builtin_suite_lists_the_valid_ones(tmp_path):
-    proc = run_cli("run", "--suite", "robustnes", "--out", tmp_path / "o", "--quiet")
+    proc = run_main("run", "--suite", "robustnes", "--out", tmp_path / "o", "--quiet")
     assert proc.returncode == 2
     assert "unknown suite 'robustnes'" in proc.stderr and "robustness" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -51,8 +51,8 @@ from .job_cost import teacher_passes
 MEASURE_REPEATS = 7
 MEASURE_BUDGET_S = 2.0
 CPU_MEASURE_BATCH = 8
-CPU_BUDGET_S = 1.0
-ATTACK_MEASURE_STEPS = 2  # steps of the PGD attack timed for the evaluation's cost per attack step  # on a CPU, measure at the real batch size when one step of it takes less than this
+CPU_BUDGET_S = 1.0  # on a CPU, measure at the real batch size when one step of it takes less than this
+ATTACK_MEASURE_STEPS = 2  # PGD steps timed for the evaluation's cost of one attack step
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ def connect(ray, address: str | None) -> bool:
     if address and address != "auto":
         _check_reachable(address)
     kwargs = {"logging_level": "WARNING", "configure_logging": True}
+    from ..core.machine import kernel_settings
+
+    if kernel_settings():  # pinned CPU kernels (machine.py): the workers read them before torch first runs
+        kwargs["runtime_env"] = {"env_vars": kernel_settings()}
     try:
         if address:
             ray.init(address=address, **kwargs)

@@ -13,6 +13,7 @@ import torch
 
 from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.gpu import autocast_dtype, job_gpu, place
+from ..core.machine import kernel_settings
 from ..data.augment import make_augmenter
 from ..data.registry import config_dict
 from ..models.checkpoints import load_state_dict, state_dict_bytes
@@ -23,7 +24,8 @@ from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 
 def teacher_config(spec, job, threads: int) -> dict:
     """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
-    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead)."""
+    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead), as do the CPU
+    kernel settings in effect (machine.kernel_settings)."""
     t = job.train
     params, kind_train = cache_settings(spec.kind, dict(spec.params), t)  # the kind's own facts (teachers.py)
     # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
@@ -36,6 +38,9 @@ def teacher_config(spec, job, threads: int) -> dict:
         cfg["gpu"] = dataclasses.asdict(job.gpu)
     else:
         cfg["threads"] = threads
+        kernels = kernel_settings()
+        if kernels:  # pinned CPU kernels (machine.py) change the last bits too; unpinned keys stay as they were
+            cfg["kernels"] = kernels
     return cfg
 
 

@@ -7,86 +7,92 @@ import numpy as np
 import pytest
 
 from kdbench.stats.machine_variation import (
+    Prior,
     Variation,
     detectable,
-    fit_prior,
-    measured_s2,
+    fit_priors,
     moderate,
     quantile,
+    rerun_variance,
     tolerance,
 )
 
 
-def _suite(rng, rows, seeds, scale, spread):
-    """Per-row true sd of a metric's cross-machine difference: log-normal around `scale`, `spread` wide."""
-    return scale * np.exp(spread * rng.standard_normal(rows))
+def measured_s2(diffs, n):
+    """s^2 of one re-run's differences to the baseline, one per seed."""
+    return rerun_variance([[0.0, d] for d in diffs], n)[0]
 
 
-def test_prior_recovers_a_common_variance_and_how_alike_the_rows_are():
+def _cells(rng, rows, metrics, k, tau):
+    """{(row, metric): (s^2, k)} of one simulated re-run with true sd tau[metric, row]."""
+    return {(f"r{r}", f"m{m}"): (measured_s2(list(tau[m, r] * rng.standard_normal(k)), None), k)
+            for r in range(rows) for m in range(metrics)}
+
+
+def test_prior_follows_rows_and_metrics_and_says_how_alike_the_cells_are():
     rng = np.random.default_rng(0)
-    k = 3
-    alike = [measured_s2(list(0.01 * rng.standard_normal(k)), None) for _ in range(400)]
-    prior = fit_prior(alike, [k] * 400)
-    assert prior.s2 == pytest.approx(1e-4, rel=0.15) and prior.df > 20  # one variance: the rows pool
-    tau = _suite(rng, 400, k, 0.01, 1.0)
-    unlike = [measured_s2(list(t * rng.standard_normal(k)), None) for t in tau]
-    assert fit_prior(unlike, [k] * 400).df < 5  # very different rows keep mostly their own estimate
-    assert fit_prior([1e-4], [3]) is None
+    rows, metrics, k = 20, 10, 3
+    scale = np.exp(rng.standard_normal(metrics))[:, None] * np.exp(rng.standard_normal(rows))[None, :]
+    priors = fit_priors(_cells(rng, rows, metrics, k, 0.01 * scale))
+    centre = np.array([[priors[f"r{r}", f"m{m}"].s2 for r in range(rows)] for m in range(metrics)])
+    assert np.corrcoef(np.log(centre).ravel(), np.log((0.01 * scale) ** 2).ravel())[0, 1] > 0.9
+    assert priors["r0", "m0"].df > 20  # row x metric explains the cells: they pool
+    unlike = fit_priors(_cells(rng, rows, metrics, k, 0.01 * np.exp(rng.standard_normal((metrics, rows)))))
+    assert unlike["r0", "m0"].df < 5  # cells that differ beyond their row and metric keep their own
+    assert fit_priors({("r0", "m0"): (1e-4, 3), ("r1", "m0"): (2e-4, 3)}) == {}  # nothing left to fit
 
 
 def test_moderation_shrinks_towards_the_prior_and_adds_its_degrees_of_freedom():
-    prior = fit_prior([1e-4, 4e-4, 2e-4, 1e-4, 3e-4], [3] * 5)
+    prior = Prior(2e-4, 5.0)
     v = moderate(1e-4, 3, prior)
     assert 0.01 < v.sd < math.sqrt(prior.s2) and v.df == pytest.approx(prior.df + 3)  # pulled up to the others
-    assert moderate(9e-4, 3, prior).sd == pytest.approx(0.03)  # a row that measured more keeps what it measured
-    assert moderate(None, 0, prior) == Variation(math.sqrt(prior.s2), prior.df)  # a row never re-run: the prior
+    assert moderate(9e-4, 3, prior).sd == pytest.approx(0.03)  # a cell that measured more keeps what it measured
+    assert moderate(None, 0, prior) == Variation(math.sqrt(prior.s2), prior.df)  # a cell never re-run: the prior
     assert moderate(4e-4, 3, None) == Variation(0.02, 3)
     assert quantile(0.025, math.inf) == pytest.approx(1.96, abs=1e-3) and quantile(0.025, 2) > 4
 
 
-def test_measured_variance_keeps_one_example_when_nothing_moved():
+def test_measured_variance_keeps_one_example_when_nothing_moved_and_counts_every_rerun():
     assert measured_s2([0.0, 0.0, 0.0], 100) == pytest.approx(1e-4 / 3)
     assert measured_s2([0.02, -0.02], None) == pytest.approx(4e-4)
+    # two re-runs of each of 2 seeds: 4 degrees of freedom; values spread by sd 0.01 -> differences by sqrt(2) 0.01
+    s2, df = rerun_variance([[0.50, 0.51, 0.49], [0.70, 0.69, 0.71]], None)
+    assert df == 4 and s2 == pytest.approx(2 * 0.01 ** 2)
 
 
 def _alarms(rng, suites, rows, metrics, k, spread):
     """How many of `suites` simulated unchanged suites a check on another machine fails: per (metric, row) a true
-    sd log-normal around 1 point, the baseline's measured re-run and the check's re-run both drawn from it."""
+    sd of row scale x metric scale x a log-normal factor `spread` wide, the baseline's measured re-run and the
+    check's re-run both drawn from it."""
     level = 0.05 / (rows * metrics)
     alarms = 0
     for _ in range(suites):
-        tau = 0.01 * np.exp(spread * rng.standard_normal((metrics, rows)))
-        s2 = (tau[..., None] * rng.standard_normal((metrics, rows, k))) ** 2
+        scale = np.exp(0.5 * rng.standard_normal(metrics))[:, None] * np.exp(0.5 * rng.standard_normal(rows))
+        tau = 0.01 * scale * np.exp(spread * rng.standard_normal((metrics, rows)))
+        cells = _cells(rng, rows, metrics, k, tau)
+        priors = fit_priors(cells)
         d = (tau[..., None] * rng.standard_normal((metrics, rows, k))).mean(-1)
-        failed = False
-        for m in range(metrics):
-            prior = fit_prior(list(s2[m].mean(-1)), [k] * rows)
-            failed |= any(d[m, r] < -tolerance(moderate(s2[m, r].mean(), k, prior), k, level) for r in range(rows))
-        alarms += failed
+        alarms += any(d[m, r] < -tolerance(moderate(*cells[f"r{r}", f"m{m}"], priors[f"r{r}", f"m{m}"]), k, level)
+                      for r in range(rows) for m in range(metrics))
     return alarms
 
 
 def test_the_gate_keeps_its_false_alarm_rate_on_suites_that_did_not_change():
     rng = np.random.default_rng(1)
-    for k, spread in ((3, 0.0), (3, 0.5), (5, 0.5)):  # rows alike, rows that differ by a factor of 2-3
+    for k, spread in ((3, 0.0), (3, 0.5), (5, 0.5)):  # cells alike given row and metric; cells that differ
         alarms = _alarms(rng, 100, rows=20, metrics=10, k=k, spread=spread)
         assert alarms <= 10, (k, spread, alarms)  # 5% of unchanged suites expected; 10% allowed for 100 draws
 
 
 def test_a_drop_at_the_detectable_size_is_found_about_as_often_as_promised():
     rng = np.random.default_rng(2)
-    rows, k = 20, 5
-    tau = 0.01
-    found = 0
-    s2 = [measured_s2(list(tau * rng.standard_normal(k)), 360) for _ in range(rows)]
-    prior = fit_prior(s2, [k] * rows)
-    v = moderate(s2[0], k, prior)
-    level = 0.05 / 200
+    rows, metrics, k, tau = 20, 10, 5, 0.01
+    cells = _cells(rng, rows, metrics, k, np.full((metrics, rows), tau))
+    v = moderate(*cells["r0", "m0"], fit_priors(cells)["r0", "m0"])
+    level = 0.05 / (rows * metrics)
     det = detectable(v, k, level)
-    for _ in range(400):
-        d = tau * rng.standard_normal(k) - det
-        found += d.mean() < -tolerance(v, k, level)
-    assert 0.6 < found / 400 < 0.97  # 80% with the true sd; the row's estimate of it is close
+    found = sum((tau * rng.standard_normal(k) - det).mean() < -tolerance(v, k, level) for _ in range(400))
+    assert 0.6 < found / 400 < 0.97  # 80% with the true sd; the cell's estimate of it is close
     assert det < 0.05  # a 1-point sd over 5 seeds detects a 5-point drop
 
 
@@ -121,7 +127,7 @@ def gate(tmp_path):
     base = {(m, s): {"clean": 0.9 + 0.02 * rng.standard_normal(), "robust@0.1": 0.5 + 0.1 * rng.standard_normal(),
                      "transfer@0.2": 0.3 + 0.1 * rng.standard_normal()} for m in METHODS for s in range(1, 6)}
     measured = _values(rng, base, tau)
-    baseline = baseline_from_records(_records(base, "CPU A"), "s", 0.1, rerun=_records(measured, "CPU B"))
+    baseline = baseline_from_records(_records(base, "CPU A"), "s", 0.1, reruns=[_records(measured, "CPU B")])
     return baseline, base, tau, rng
 
 

@@ -281,8 +281,9 @@ def test_check_across_machines_with_a_measured_variation(tmp_path, tiny_run):
                     "--workers", "1", "--cache-dir", tmp_path / "cache")
     assert made.returncode == 0, made.stdout + made.stderr
     baseline = json.loads((results / "tiny" / "baseline.json").read_text())
-    assert baseline["variation"]["jobs"] == baseline["variation"]["of"] == len(tiny_run.records())
-    assert baseline["variation"]["differs_by"]  # another machine: other kernels (or threads, on other CPUs)
+    (rerun,) = baseline["variation"]["reruns"]
+    assert rerun["jobs"] == baseline["variation"]["of"] == len(tiny_run.records())
+    assert rerun["differs_by"]  # another machine: other kernels (or threads, on other CPUs)
     assert "what a check on another machine can catch" in made.stdout
     three = tmp_path / "three-threads"
     proc = run_main("run", "--suite", suite, "--workers", "1", "--quiet", "--out", three, "--cpus-per-job", "3",

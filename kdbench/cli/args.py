@@ -180,11 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "check (default 0.05, Bonferroni over the metrics)")
     ck.add_argument("--drop", type=float, help="across machines: the drop every checked metric should detect with "
                                                "80%% power; those that cannot are listed (default 0.05 = 5 points)")
-    ck.add_argument("--variation", metavar="DIR|auto",
+    ck.add_argument("--variation", metavar="DIR|auto", action="append",
                     help="with --update-baseline: measure how far another machine moves each metric from a re-run "
                          "of the baseline's jobs under other float order: the results folder of a run of the suite "
-                         "on another machine, thread count or CPU kernel level, or 'auto' to re-run it here on "
-                         "another thread count into <out>/variation (resumes)")
+                         "on another machine, thread count or CPU kernel level, or 'auto' to re-run it here with "
+                         "the CPU kernels one level below the records' into <out>/variation (resumes); repeatable, "
+                         "each re-run adds to the measurement")
     ck.add_argument("--detectable", action="store_true",
                     help="print the smallest detectable drop of every metric checked across machines, not only "
                          "the headline metric's")

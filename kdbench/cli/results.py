@@ -89,6 +89,9 @@ def cmd_check(args) -> int:
                                                 if v is not None}), "--")
     if args.variation is not None and not args.update_baseline:
         raise KdbenchError("--variation measures a new baseline's variation: use it with --update-baseline")
+    if args.variation and len(set(args.variation)) < len(args.variation):
+        raise KdbenchError(f"--variation names the same re-run twice ({', '.join(args.variation)}): each re-run "
+                           "counts once")
     if args.run:
         from ..evaluation.cifar_c import with_cifar_c
         from .run import check_run_inputs, executor_for, no_save_students
@@ -112,11 +115,11 @@ def cmd_check(args) -> int:
     if args.update_baseline:
         from .variation_run import variation_records
 
-        rerun = variation_records(args, suite, folder, records) if args.variation else None
-        current = baseline_from_records(records, suite.name, suite.headline_eps, rerun, cfg.alpha)
+        reruns = [variation_records(args, suite, folder, records, where) for where in args.variation or []]
+        current = baseline_from_records(records, suite.name, suite.headline_eps, reruns, cfg.alpha)
         write_baseline(path, current)
-        print(f"wrote {path} ({len(current['rows'])} rows" + (f"; variation measured on {len(rerun)} re-run "
-                                                              "records)" if rerun else ")"))
+        print(f"wrote {path} ({len(current['rows'])} rows" + (f"; variation measured on {sum(map(len, reruns))} "
+                                                              "re-run records)" if reruns else ")"))
         view = compare(current, elsewhere(current), cfg)
         print("\n".join(machine_lines(view, cfg.alpha, current)
                         + power_lines(view, suite.headline_eps, cfg.drop, args.detectable)))

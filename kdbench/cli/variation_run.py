@@ -24,15 +24,15 @@ STEP_DOWN = {"avx512": KERNEL_LEVELS["avx2"],
                       "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
 
 
-def variation_records(args, suite, folder: Path, records: list[dict]) -> list[dict]:
-    """The re-run's records: those in the folder --variation names, or with 'auto' a re-run made now."""
+def variation_records(args, suite, folder: Path, records: list[dict], where: str) -> list[dict]:
+    """The re-run's records: those in the folder `where` (a --variation) names, or with 'auto' a re-run made now."""
     from ..records.store import load_records
 
-    if args.variation == "auto":
+    if where == "auto":
         out = folder / "variation"
         _rerun_here(args, out, records)
     else:
-        out = Path(args.variation)
+        out = Path(where)
     rerun, bad = load_records(out)
     if bad:
         raise KdbenchError(f"--variation {str(out)!r}: damaged record {bad[0].path}: {bad[0].reason}")

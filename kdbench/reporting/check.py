@@ -71,9 +71,9 @@ def record_row(r: dict) -> str:
                     "label": row_label(r["method"], r.get("teacher_kind") or None, r["role"])})
 
 
-def baseline_from_records(records: list[dict], suite: str, headline_eps: float, rerun: list[dict] | None = None,
-                          alpha: float = ALPHA) -> dict:
-    """The baseline of `records`; with `rerun` (the records of a re-run of their jobs on another machine), each
+def baseline_from_records(records: list[dict], suite: str, headline_eps: float,
+                          reruns: list[list[dict]] | None = None, alpha: float = ALPHA) -> dict:
+    """The baseline of `records`; with `reruns` (the records of re-runs of their jobs on other machines), each
     row's measured variation (variation.py) and the smallest drop each checked metric detects at `alpha`."""
     rows: dict = {}
     for r in sorted(records, key=lambda r: (str(r.get("job_id")))):
@@ -85,13 +85,14 @@ def baseline_from_records(records: list[dict], suite: str, headline_eps: float, 
             "metrics": {m: float(v) for m, v in sorted(r["metrics"].items()) if is_checked(m)},
             "env": {k: env.get(k) for k in ENV_KEYS}, "examples": r.get("examples")}
     baseline = {"schema": BASELINE_SCHEMA, "suite": suite, "headline_eps": headline_eps, "rows": rows}
-    if rerun is not None:
+    if reruns:
         from .variation import measure
 
-        variation, baseline["variation"] = measure(records, rerun, record_row)
+        variation, baseline["variation"] = measure(records, reruns, record_row, is_checked)
         checks = sum(len(next(iter(row["seeds"].values()))["metrics"]) for row in rows.values())
         for key, row in rows.items():
-            row["variation"] = {m: [round(sd, 7), round(df, 2)] for m, (sd, df) in sorted(variation[key].items())}
+            measured = sorted(variation.get(key, {}).items())
+            row["variation"] = {m: [round(sd, 7), round(df, 2)] for m, (sd, df) in measured}
             seeds = len(row["seeds"])
             row["detectable"] = {m: round(detectable(Variation(*row["variation"][m]), seeds, alpha / checks), 5)
                                  for m in next(iter(row["seeds"].values()))["metrics"] if m in row["variation"]}

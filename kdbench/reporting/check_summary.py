@@ -32,10 +32,10 @@ def machine_lines(table: pd.DataFrame, alpha: float, baseline: dict) -> list[str
             lines.append(f"same machine: {len(rows)} checks, exact (equal configs give equal numbers)")
             continue
         how = "; ".join(f"{n} {MODELS[model]}" for model, n in rows["model"].value_counts().items())
-        measured = baseline.get("variation")
-        where = (f" (re-run on {measured['measured_on']}: {', '.join(measured['differs_by'])}; "
-                 f"{measured['jobs']} of {measured['of']} jobs)") if measured and "measured" in set(rows["model"]) \
-            else ""
+        reruns = (baseline.get("variation") or {}).get("reruns") or []
+        where = "".join(f" (re-run on {r['measured_on']}: {', '.join(r['differs_by'])}; {r['jobs']} of "
+                        f"{baseline['variation']['of']} jobs)" for r in reruns if r.get("jobs")) \
+            if "measured" in set(rows["model"]) else ""
         lines.append(f"other machine: {len(rows)} checks, one-sided Bonferroni over {len(rows)} metrics (alpha "
                      f"{alpha:g}); {how}{where}")
     return lines

@@ -198,7 +198,7 @@ def main() -> int:
           f"({sum(r[3].get('regressed', 0) for r in other)} of {sum(r[3].get('other machine', 0) for r in other)} "
           f"checks); the injected drop was caught in {sum(r[5] == 1 and r[6] for r in rows)} of {len(rows)}")
     print(f"\nsmallest detectable drop of {headline} across machines (80% power), from {results / suite.name}:")
-    for key, row in sorted(baseline["rows"].items(), key=lambda kv: ("teacher" in kv[0], kv[0])):
+    for key, row in sorted(baseline["rows"].items(), key=lambda kv: (" | teacher (" in kv[0], kv[0])):
         det = (row.get("detectable") or {}).get(headline)
         if det is not None:
             print(f"  {key.split(' | ')[-1]:<32} {len(row['seeds'])} seeds  {100 * det:.1f} points")

@@ -24,7 +24,7 @@ STEP_DOWN = {"avx512": KERNEL_LEVELS["avx2"],
                       "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
 
 
-def variation_records(args, suite, folder: Path, records: list[dict], where: str) -> list[dict]:
+def variation_records(args, folder: Path, records: list[dict], where: str) -> list[dict]:
     """The re-run's records: those in the folder `where` (a --variation) names, or with 'auto' a re-run made now."""
     from ..records.store import load_records
 
@@ -70,8 +70,9 @@ def _level(cpu: dict) -> str | None:
 
 def _rerun_here(args, out: Path, records: list[dict]) -> None:
     settings, threads = perturbation(records)
+    # --kernels native: the environment below sets them, not the suite's [executor] kernels
     flags = ["--suite", str(args.suite), "--out", str(out), "--no-save-students", "--device", args.device,
-             "--executor", args.executor]
+             "--executor", args.executor, "--kernels", "native"]
     for flag, value in (("--workers", args.workers), ("--address", args.address),
                         ("--cpus-per-job", threads or args.cpus_per_job), ("--gpus-per-job", args.gpus_per_job),
                         ("--max-retries", args.max_retries), ("--cache-dir", args.cache_dir),
@@ -83,7 +84,8 @@ def _rerun_here(args, out: Path, records: list[dict]) -> None:
     env.update(settings)
     how = " ".join(f"{k}={v}" for k, v in settings.items()) or f"{threads} threads per job"
     print(f"measuring the variation: the suite's jobs re-run with {how}, into {out}", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", *flags], env=env)
+    # its progress (stderr) shows; its leaderboard table (stdout) would read as the baseline's
+    proc = subprocess.run([sys.executable, "-m", "kdbench", "run", *flags], env=env, stdout=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise KdbenchError(f"the variation run exited with {proc.returncode} (see its output above); run the same "
                            "command again to resume it")

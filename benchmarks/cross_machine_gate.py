@@ -4,14 +4,15 @@ robust accuracy lowered by 5 points on every seed of each re-run, which the chec
 
 Perturbations (each a fresh results folder and teacher cache, `check --run` with these settings):
 - torch-avx2: ATEN_CPU_CAPABILITY=avx2 (torch's own kernels at AVX2; oneDNN and MKL as the CPU picks);
+- onednn-avx2: ONEDNN_MAX_CPU_ISA=AVX2 (the convolutions at AVX2; torch and MKL as the CPU picks);
 - all-avx2: torch, oneDNN and MKL at AVX2 (`kernels = "avx2"`: what an AVX2 CPU runs);
 - torch-scalar: ATEN_CPU_CAPABILITY=default (torch's kernels without vector instructions);
 - sse4: torch unvectorised, oneDNN and MKL at SSE4 (what a CPU without AVX runs);
 - threads-2: 2 threads per job (the default suite runs 1);
 - workers-1: one job at a time (the baseline's machine: records must be bit-identical, the check exact).
-Left out: the avx2 ones on a CPU without AVX-512 (they change nothing there), and the one the baseline measured
-its variation with (`check --update-baseline --variation auto`: all-avx2 on an AVX-512 CPU, sse4 on an AVX2 one),
-which would check the baseline against the very numbers it measured.
+Left out: the avx2 ones on a CPU without AVX-512 (they change nothing there), and those the baseline measured its
+variation with (`check --update-baseline --variation auto`: all-avx2 and torch-scalar on an AVX-512 CPU, sse4 and
+torch-scalar on an AVX2 one), which would check the baseline against the very numbers it measured.
 
 For each re-run the `reproduce` comparison of every record with the baseline's record of its job is made too
 (the re-run is what `reproduce` would run there): the metrics beyond their expected variation are counted.
@@ -41,15 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kdbench.cli.variation_run import STEP_DOWN  # noqa: E402
+from kdbench.cli.variation_run import SSE4, TORCH_SCALAR  # noqa: E402
 from kdbench.core.machine import KERNEL_LEVELS  # noqa: E402
 
 AVX2 = KERNEL_LEVELS["avx2"]  # torch, oneDNN and MKL at AVX2: what `kernels = "avx2"` sets
-SSE4 = STEP_DOWN["avx2"]  # the kernels below AVX2 (`--variation auto` of records made at AVX2)
 PERTURBATIONS = {  # name: (environment, extra flags of `check --run`)
     "torch-avx2": ({"ATEN_CPU_CAPABILITY": "avx2"}, []),
+    "onednn-avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, []),
     "all-avx2": (AVX2, []),
-    "torch-scalar": ({"ATEN_CPU_CAPABILITY": "default"}, []),
+    "torch-scalar": (TORCH_SCALAR, []),
     "sse4": (SSE4, []),
     "threads-2": ({}, ["--cpus-per-job", "2"]),
     "workers-1": ({}, ["--workers", "1"]),

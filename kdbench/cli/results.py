@@ -115,7 +115,7 @@ def cmd_check(args) -> int:
     if args.update_baseline:
         from .variation_run import variation_records
 
-        reruns = [variation_records(args, folder, records, where) for where in args.variation or []]
+        reruns = [rerun for where in args.variation or [] for rerun in variation_records(args, folder, records, where)]
         current = baseline_from_records(records, suite.name, suite.headline_eps, reruns, cfg.alpha)
         write_baseline(path, current)
         print(f"wrote {path} ({len(current['rows'])} rows" + (f"; variation measured on {sum(map(len, reruns))} "

@@ -184,3 +184,27 @@ def test_two_classes_skip_the_dlr_attacks_with_a_note(trained, monkeypatch):
     assert "autoattack/apgd-t@0.1" not in metrics and "autoattack/fab-t@0.1" in metrics
     notes = " | ".join(details["notes"])
     assert "apgd-dlr: skipped" in notes and "apgd-t skipped" in notes
+
+
+def test_the_convergence_check_is_kept_once_and_old_records_still_read():
+    """A record keeps the convergence check under `flag_evidence.convergence`; the flag keeps only the drop and
+    where the check is. Records of the earlier format (the check under the flag, alone or also beside it) read the
+    same in the model cards."""
+    from kdbench.evaluation.sanity import CONVERGENCE_DROP, convergence_check
+    from kdbench.reporting.cards import _convergence_drop
+
+    ev = clean_evidence()
+    FIRING["not-converged"](ev)
+    fired, details = compute_flags(ev)
+    check = ev["convergence"]
+    assert fired == ["not-converged"] and details["not-converged"]["check"] == "convergence"
+    assert "robust_with_strong_attack" not in details["not-converged"]
+    assert details["not-converged"]["drop"] == pytest.approx(0.15) and 0.15 > CONVERGENCE_DROP
+    now = {**details, "convergence": check}  # what evaluate keeps
+    for evidence in (now, {"not-converged": check}, {"not-converged": check, "convergence": check}):
+        assert convergence_check(evidence) == check
+    assert convergence_check({"notes": []}) is None
+    records = [{"seed": 1, "flag_evidence": now}, {"seed": 2, "flag_evidence": {"not-converged": dict(check)}},
+               {"seed": 3, "flag_evidence": {}}]
+    drop = _convergence_drop(records)
+    assert drop["per_seed"] == {"1": pytest.approx(0.15), "2": pytest.approx(0.15)}  # seed 3 holds no check

@@ -57,10 +57,20 @@ def _zero_gradients(ev: dict):
 
 
 def _not_converged(ev: dict):
+    """The check itself is kept once, as `flag_evidence.convergence` (evaluate.py): the flag keeps the drop and
+    points there."""
     c = ev.get("convergence")
     if c and c["robust"] - c["robust_with_strong_attack"] > CONVERGENCE_DROP:
-        return dict(c)
+        return {"drop": c["robust"] - c["robust_with_strong_attack"], "check": "convergence"}
     return None
+
+
+def convergence_check(flag_evidence: dict) -> dict | None:
+    """A record's convergence check (the worst case at the headline eps before and after the strongest attack at
+    2x steps with restarts): `flag_evidence.convergence`; records written before every record kept it there hold
+    it under their `not-converged` flag alone."""
+    found = flag_evidence.get("convergence") or flag_evidence.get("not-converged")
+    return found if found and "robust_with_strong_attack" in found else None
 
 
 def _randomized(ev: dict):

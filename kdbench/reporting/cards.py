@@ -3,8 +3,9 @@ model>/<Model>.json` entries, written by the report step as a pure function of t
 
 A card says what the row's model is (dataset, threat model and eps, architecture, parameters and MACs), how it
 was made (teacher with its own clean and robust accuracy, method and hyper-parameters, training settings), what
-it scored (clean, worst case, each attack, transfer, corruptions, sanity flags; mean, std and each seed), what it
-cost (train and eval seconds, device, versions) and which weights these are (file and SHA-256 per seed).
+it scored (clean, worst case, each attack, transfer, corruptions, sanity flags, how much the convergence check
+lowered the worst case; mean, std and each seed), what it cost (train and eval seconds, device, versions) and
+which weights these are (file and SHA-256 per seed).
 
 Accuracies are fractions in [0, 1] stored as numbers (RobustBench stores percent strings). The RobustBench key
 names are kept where they mean the same: `name`, `dataset`, `architecture`, `eps`, `clean_acc`,
@@ -113,6 +114,7 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "worst_case": {m: _metric(recs, m) for m in names if m.startswith("robust@")},
         "corruptions": {m: _metric(recs, m) for m in corruption},
         "flags": flags,
+        "convergence_drop": _convergence_drop(recs),
         "compute": {
             "train_seconds": {str(r["seed"]): r.get("train_seconds") for r in recs},
             "eval_seconds": {str(r["seed"]): r.get("eval_seconds") for r in recs},
@@ -129,6 +131,16 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         card["external"] = {k: v for k, v in (first.get("external") or {}).items() if k != "protocol_job"}
         card["transfer_source"] = first.get("transfer_source")
     return card
+
+
+def _convergence_drop(recs: list[dict]) -> dict | None:
+    """How much the convergence check (the strongest attack at 2x steps with restarts) lowered the worst case at
+    the headline eps: mean, std and per seed, over the seeds whose records hold the check."""
+    from ..evaluation.sanity import convergence_check
+
+    checks = {r["seed"]: convergence_check(r.get("flag_evidence") or {}) for r in recs}
+    drops = {s: c["robust"] - c["robust_with_strong_attack"] for s, c in checks.items() if c}
+    return _stats(drops) if drops else None
 
 
 def build_cards(records: list[dict], suite: str) -> dict[str, dict]:

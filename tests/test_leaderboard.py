@@ -288,3 +288,66 @@ def test_error_bars_stop_at_the_limits_of_an_accuracy():
 
     lower, upper = _bars([99.8, 50.0, 1.0], [0.5, 10.0, 3.0])
     assert lower == pytest.approx([0.5, 10.0, 1.0]) and upper == pytest.approx([0.2, 10.0, 3.0])
+    assert _bars([80.0, 70.0], [float("nan")] * 2) is None  # one seed: no spread is drawn
+    lower, upper = _bars([80.0, 70.0], [float("nan"), 4.0])  # a line whose first point has one seed
+    assert lower == [0.0, 4.0] and upper == [0.0, 4.0]
+
+
+def test_one_seed_shows_no_spread(results):
+    """summary.csv leaves the std of a one-seed row empty (NaN): one seed measures no spread."""
+    import pandas as pd
+
+    assert run_cli("leaderboard", "--suite", "robustness", "--results", results).returncode == 0
+    summary = pd.read_csv(results / "robustness" / "summary.csv")
+    one = summary[summary["seeds"] == 1]
+    assert len(one) == 3 and one["robust@0.1:std"].isna().all() and one["clean:std"].isna().all()  # the teachers
+    assert summary.loc[summary["seeds"] > 1, "robust@0.1:std"].notna().all()
+
+
+def _table(md: str) -> dict:
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {row[1]: dict(zip(header, row)) for row in ([c.strip() for c in line.strip("|").split("|")]
+                                                        for line in lines[1:])}
+
+
+def test_a_student_that_failed_to_train_is_flagged_and_left_out(tmp_path, tiny_run):
+    """ce at lr 1.0 collapses to a near-constant prediction (clean at chance): its record carries training-failed
+    in place of the masking flags it fires, and the leaderboard leaves the seed out of ce's mean and of kd's Δ
+    against it, with the count shown."""
+    import pandas as pd
+
+    from conftest import TINY_SUITE
+    from kdbench.evaluation.sanity import ATTACK_FLAGS
+
+    out = tiny_run.copy_to(tmp_path / "tiny", keep=lambda r: not (r["method"] == "ce" and r["seed"] == 2))
+    suite = tmp_path / "collapse.toml"
+    suite.write_text(TINY_SUITE.replace("ce = {}", "ce = { train = { lr = 1.0 } }"))
+    proc = run_cli("run", "--suite", suite, "--methods", "ce", "--seeds", "2", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    by = {(r["method"], r["seed"]): r for r in records}
+    failed, ce1 = by["ce", 2], by["ce", 1]
+    evidence = failed["flag_evidence"]["training-failed"]
+    assert failed["flags"][0] == "training-failed" and not set(failed["flags"]) & set(ATTACK_FLAGS)
+    assert failed["metrics"]["clean"] <= evidence["threshold"] < 0.2 and evidence["superseded"]
+    assert evidence["loss_last_epoch"] == sum(failed["train_history"][-1].values())
+    assert len(failed["train_history"]) == 2 and "training-failed" not in ce1["flags"]  # every epoch kept
+
+    md = (out / "leaderboard.md").read_text()
+    rows = _table(md)
+    robust = {k: 100 * r["metrics"]["robust@0.1"] for k, r in by.items() if r["role"] == "student"}
+    assert rows["ce"]["robust@0.1"] == f"{robust['ce', 1]:.1f}"  # seed 1 alone: no spread, seed 2 left out
+    assert rows["ce"]["seeds"] == "1 (+1 failed)" and "training-failed(1/2)" in rows["ce"]["flags"]
+    kd = (robust["kd", 1] + robust["kd", 2]) / 2
+    assert rows["kd"]["robust@0.1"].startswith(f"{kd:.1f} ± ") and rows["kd"]["seeds"] == "2"
+    # kd's Δ is on seed 1 alone (McNemar on its examples), with both rows' means over it
+    assert rows["kd"]["Δ vs ce"].startswith(f"{robust['kd', 1] - robust['ce', 1]:+.1f} [")
+    assert rows["kd"]["Δ vs ce"].endswith(f"(1 seed: {robust['kd', 1]:.1f} vs {robust['ce', 1]:.1f})")
+    assert "Left out of their rows' means and Δ, 1 seed(s)" in md and "ce seed 2 (clean " in md
+    summary = pd.read_csv(out / "summary.csv", dtype={"failed_seeds": str})
+    ce = summary[summary["method"] == "ce"].iloc[0]
+    assert ce["seeds"] == 1 and ce["failed_seeds"] == "2" and pd.isna(ce["robust@0.1:std"])
+    card = json.loads((out / rows["ce"]["card"][len("[card]("):-1]).read_text())
+    assert card["seeds"] == [1] and [f["seed"] for f in card["failed_seeds"]] == [2]
+    assert card["metrics"]["clean"]["per_seed"] == {"1": ce1["metrics"]["clean"]}

@@ -351,3 +351,27 @@ def test_a_student_that_failed_to_train_is_flagged_and_left_out(tmp_path, tiny_r
     card = json.loads((out / rows["ce"]["card"][len("[card]("):-1]).read_text())
     assert card["seeds"] == [1] and [f["seed"] for f in card["failed_seeds"]] == [2]
     assert card["metrics"]["clean"]["per_seed"] == {"1": ce1["metrics"]["clean"]}
+
+
+def _record(method: str, seed: int, clean: float, robust: float = 0.5, epochs: int = 12) -> dict:
+    return {"dataset": "digits", "pair": "a->b", "role": "student", "method": method, "teacher_kind": None,
+            "method_params": {}, "seed": seed, "student": {"arch": "b", "params": 10}, "flags": [],
+            "metrics": {"clean": clean, "robust@0.1": robust}, "headline_eps": 0.1, "job_id": f"{method}{seed}",
+            "config": {"train": {"epochs": epochs}}}
+
+
+def test_a_row_more_than_5_points_below_ce_in_clean_accuracy_is_under_trained():
+    """Judged over the seeds both rows have: ce's seeds 4 and 5 (clean 50 %) do not count against `slow`, which
+    has seeds 1-3 only; 4.9 points below ce is not under-trained, 5.1 is."""
+    from kdbench.reporting.report import leaderboard_tables, summarize
+
+    records = [_record("ce", s, 0.99 if s <= 3 else 0.50) for s in range(1, 6)]
+    records += [_record("kd", s, 0.941) for s in (1, 2, 3)]  # 4.9 points below ce on seeds 1-3
+    records += [_record("dkd", s, 0.939, epochs=40) for s in (1, 2, 3)]  # 5.1 points below
+    summary = summarize(records)
+    flagged = dict(zip(summary["method"], summary["under_trained"]))
+    assert flagged == {"ce": "", "kd": "", "dkd": "clean 93.9 vs ce 99.0 on 3 common seeds"}
+    (_, table), = leaderboard_tables(summary, 0.1, records)
+    rows = {r["method"]: r for _, r in table.iterrows()}
+    assert rows["dkd"]["flags"] == "under-trained(clean 93.9 vs ce 99.0 on 3 common seeds)"
+    assert rows["kd"]["flags"] == "" and rows["dkd"]["epochs"] == "40" and rows["kd"]["epochs"] == "12"

@@ -13,8 +13,13 @@ def test_default_suite_runs_every_registered_method():
     # every registered method but ard-kl, a kdbench variant of ARD (its inner loss against ard's) kept out of the
     # default suite for its running time (docs/methods-adversarial.md)
     assert {m.name for m in suite.methods} == set(METHODS.names()) - {"ard-kl"}
-    assert suite.seeds == (1, 2, 3)
+    assert suite.seeds == (1, 2, 3, 4, 5)
     assert suite.data.name == "digits"
+    # every row on the same seeds; the defensive students with a budget of their own (chosen from training-set
+    # curves: benchmarks/robustness.toml)
+    assert all(not m.seeds for m in suite.methods)
+    epochs = {j.method: j.train.epochs for j in suite.jobs() if not j.is_teacher}
+    assert epochs.pop("defensive") == 40 and set(epochs.values()) == {suite.train.epochs}
 
 
 def test_job_ids_are_stable_and_distinct(tiny_suite):

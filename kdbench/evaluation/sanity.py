@@ -138,9 +138,10 @@ def _blackbox_beats_whitebox(ev: dict):
 ATTACK_FLAGS = ("pgd-above-fgsm", "ce-above-margin", "zero-gradients", "not-converged", "unbounded-not-broken",
                 "blackbox-beats-whitebox")
 
-FLAGS.add("training-failed", Flag(f"the model did not learn: clean accuracy within {CHANCE_MARGIN:.0%} (or "
-                                  f"{CHANCE_SES:g} standard errors) of chance, the majority-class rate; its seed is "
-                                  f"left out of its row's means and tests", _training_failed, ATTACK_FLAGS, True))
+FLAGS.add("training-failed", Flag(f"the model did not learn: clean accuracy within {100 * CHANCE_MARGIN:g} points "
+                                  f"(or {CHANCE_SES:g} standard errors) of chance, the majority-class rate; replaces "
+                                  f"the attack flags it fires, and its seed is left out of its row's means and tests",
+                                  _training_failed, ATTACK_FLAGS, True))
 FLAGS.add("pgd-above-fgsm", Flag(f"PGD accuracy above FGSM accuracy (+{FGSM_PGD_TOL}) at some eps", _pgd_above_fgsm))
 FLAGS.add("ce-above-margin", Flag(f"CE-loss PGD accuracy above APGD-DLR by more than {CE_MARGIN_GAP}", _ce_above_margin))
 FLAGS.add("zero-gradients", Flag(f"more than {ZERO_GRAD_FRACTION:.0%} of inputs have an input gradient below "

@@ -375,3 +375,17 @@ def test_a_row_more_than_5_points_below_ce_in_clean_accuracy_is_under_trained():
     rows = {r["method"]: r for _, r in table.iterrows()}
     assert rows["dkd"]["flags"] == "under-trained(clean 93.9 vs ce 99.0 on 3 common seeds)"
     assert rows["kd"]["flags"] == "" and rows["dkd"]["epochs"] == "40" and rows["kd"]["epochs"] == "12"
+
+
+def test_a_row_whose_every_seed_failed_to_train_stays_in_the_reports(tmp_path):
+    """No seed of `kd` counts: its row shows no numbers, 0 seeds (+2 failed), and every report is still built."""
+    from kdbench.reporting.report import write_reports
+
+    records = [_record("ce", s, 0.99) for s in (1, 2)]
+    records += [dict(_record("kd", s, 0.10, robust=0.10), flags=["training-failed"]) for s in (1, 2)]
+    rep = write_reports(tmp_path, "s", 0.1, records)
+    assert rep["rebuilt"] and (tmp_path / "plots" / "robust_vs_clean.png").is_file()
+    rows = _table((tmp_path / "leaderboard.md").read_text())
+    assert rows["kd"]["robust@0.1"] == rows["kd"]["clean"] == "–" and rows["kd"]["seeds"] == "0 (+2 failed)"
+    assert rows["kd"]["Δ vs ce"] == "" and rows["ce"]["robust@0.1"] == "50.0 ± 0.0"
+    assert "kd seed 1 (clean 10.0, robust@0.1 10.0); kd seed 2" in (tmp_path / "leaderboard.md").read_text()

@@ -34,6 +34,7 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     for r in records:
         groups.setdefault(group_key(r), []).append(r)
     rows = []
+    every_metric = sorted({m for r in records for m in r["metrics"]})  # a column each, NaN in rows without it
     for key, recs in sorted(groups.items()):
         kept, failed = counted(recs)
         row = dict(zip(GROUP, key))
@@ -53,11 +54,8 @@ def summarize(records: list[dict]) -> pd.DataFrame:
         row["under_trained"] = ""
         row["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in recs) / len(recs)
         row["eval_seconds"] = sum(r.get("eval_seconds", 0.0) for r in recs) / len(recs)
-        metric_names = sorted({m for r in kept for m in r["metrics"]})
-        for m in metric_names:
-            vals = [r["metrics"][m] for r in kept if m in r["metrics"]]
-            mean, std = mean_std(vals)
-            row[f"{m}:mean"], row[f"{m}:std"] = mean, std
+        for m in every_metric:  # over the seeds that count: NaN where none has it (every seed failed to train)
+            row[f"{m}:mean"], row[f"{m}:std"] = mean_std([r["metrics"][m] for r in kept if m in r["metrics"]])
         rows.append(row)
     for row in rows:  # against the same pair's ce row, over the seeds both have
         if row["role"] != "student" or row["method"] == UNDER_TRAINED_BASELINE:

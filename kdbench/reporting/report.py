@@ -61,7 +61,9 @@ def summarize(records: list[dict]) -> pd.DataFrame:
         if row["role"] != "student" or row["method"] == UNDER_TRAINED_BASELINE:
             continue
         base = [g for g in groups if g[:4] == (row["dataset"], row["pair"], "student", UNDER_TRAINED_BASELINE)]
-        mine, theirs = counted(groups[tuple(row[c] for c in GROUP)])[0], counted(groups[base[0]])[0] if base else []
+        if not base:
+            continue
+        mine, theirs = counted(groups[tuple(row[c] for c in GROUP)])[0], counted(groups[base[0]])[0]
         found = under_trained(mine, theirs)
         if found:  # the means compared, and the seeds they are over where that is not both rows' own seeds
             own = found[2] in (0, len(mine)) and found[2] in (0, len(theirs))
@@ -73,6 +75,9 @@ def summarize(records: list[dict]) -> pd.DataFrame:
 def _epochs(recs: list[dict]) -> str:
     """The training epochs of a row's models (a student's `train.epochs`, a teacher's `teacher_epochs`), as its
     records' configs give them; several values joined by '/'."""
+    config = recs[0].get("config") or {}
+    if recs[0]["role"] == "external" or (recs[0]["role"] == "teacher" and (config.get("pair") or {}).get("pretrained")):
+        return ""  # trained elsewhere: the config's epochs are not its training's
     field = "teacher_epochs" if recs[0]["role"] == "teacher" else "epochs"
     found = sorted({((r.get("config") or {}).get("train") or {}).get(field) for r in recs} - {None})
     return "/".join(str(e) for e in found)
@@ -167,7 +172,8 @@ def _table_row(rank: str, r: dict, deltas: dict, e: str) -> dict:
 
 def _seeds(r: dict) -> str:
     """The seeds that count, and how many more failed to train (left out)."""
-    failed = len(str(r.get("failed_seeds") or "").split())
+    failed = r.get("failed_seeds")
+    failed = len(failed.split()) if isinstance(failed, str) else 0
     return f"{int(r['seeds'])}" + (f" (+{failed} failed)" if failed else "")
 
 

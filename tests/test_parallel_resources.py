@@ -26,6 +26,19 @@ def test_worker_memory_counts_data_models_and_activations():
     assert big.total > 10 * small.total
 
 
+def test_worker_memory_counts_one_transfer_set_per_teacher_and_seed():
+    """As many transfer sets as the run crafts (one per transfer_cache key), each seed counted once."""
+    from kdbench.execution.estimate import data_shape
+    from kdbench.execution.transfer_cache import needs_transfer, transfer_key
+
+    suite = load_suite("robustness")
+    keys = {transfer_key(j, 1) for j in suite.jobs() if needs_transfer(j)}
+    ds = data_shape(suite)
+    one_set = ds.n_test * 4 * ds.shape[0] * ds.shape[1] * ds.shape[2] * len(suite.eval.eps)
+    assert len(keys) == 3 * len(suite.seeds)  # standard, adversarial and defensive teachers at each seed
+    assert resources.worker_memory(suite).transfer == len(keys) * one_set
+
+
 @pytest.mark.parametrize("available", [400 * GIB, 100 * GIB, 40 * GIB, 1 * GIB, 1])
 def test_auto_workers_are_capped_by_the_available_memory(available):
     suite = load_suite("robustness-cifar10")

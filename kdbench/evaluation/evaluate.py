@@ -40,7 +40,7 @@ from .attacks import ATTACKS, attack_correct
 from .inputs import reuse
 from .noise_sweep import noise_sweep
 from .output_checks import output_evidence
-from .sanity import ZERO_GRAD_NORM, compute_flags
+from .sanity import ZERO_GRAD_NORM, compute_flags, training_evidence
 from .seeds import derived_seed as _seed
 from .transfer import craft_transfer
 
@@ -72,11 +72,12 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, ev, seed: int,
              headline_eps: float, source: nn.Module | None = None, timings: dict | None = None,
-             transfer_cache: dict | None = None, per_example: dict | None = None):
+             transfer_cache: dict | None = None, per_example: dict | None = None, train_history: list | None = None):
     """Evaluate `model` in eval mode, on a copy with its batch norms folded (`fold_batch_norm`). `source` (the
     teacher) enables the transfer attack; its adversarial examples depend only on (source, eps, seed), so a
     caller evaluating several students of one teacher can pass the same `transfer_cache` dict to craft them once.
     A `per_example` dict receives the per-example correctness: `clean` and `robust@<eps>` (the worst case per eps).
+    `train_history` (the per-epoch losses of the model's training, `loop.fit`) is evidence for `training-failed`.
 
     Returns (metrics, flags, flag_evidence)."""
     transfer_cache = {} if transfer_cache is None else transfer_cache
@@ -96,7 +97,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     clean_logits = timed("clean", lambda: predict_logits(model, x, bs))
     clean_ok = clean_logits.argmax(1) == y
     metrics["clean"] = clean_ok.float().mean().item()
-    evidence: dict = {"eps": [], "acc": {}}
+    evidence: dict = {"eps": [], "acc": {}, "training": training_evidence(clean_logits, y, train_history)}
     notes = [f"{n}: skipped, it needs >= {ATTACKS.get(n).min_classes} classes ({num_classes} here)"
              for n in ev.attacks if num_classes < ATTACKS.get(n).min_classes]
     attacks = tuple(n for n in ev.attacks if num_classes >= ATTACKS.get(n).min_classes)
@@ -158,9 +159,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         timed("sanity", lambda: _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
                                                  whitebox_ok, blackbox_ok, robust_ok, metrics, evidence, attacks,
                                                  grad_norms, clean_logits))
-        flags, details = compute_flags(evidence)
-    else:
-        flags, details = [], {}
+    flags, details = compute_flags(evidence, sanity=ev.sanity)
     details = {**details, "worst_case": made_worst, **({"notes": notes} if notes else {}),
                **({"convergence": evidence["convergence"]} if "convergence" in evidence else {})}
     if per_example is not None:

@@ -8,8 +8,11 @@ the record stores both. Thresholds are module constants, documented in the READM
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from ..core.metric_names import at_eps
 from ..core.registry import Registry
@@ -24,12 +27,43 @@ ZERO_GRAD_NORM = 1e-20  # an input gradient with L-inf norm below this is 'zero'
 ZERO_GRAD_FRACTION = 0.05  # flag when more than this fraction of examples has a zero gradient
 CONVERGENCE_DROP = 0.03  # the strongest attack at 2x steps + restarts lowering the worst case by more than this
 BLACKBOX_FRACTION = 0.01  # black-box/noise succeeding where every white-box attack failed, on more than this
+# training-failed: clean accuracy no further above chance (the best constant prediction's accuracy, the test set's
+# majority-class rate) than 5 points, or 3 standard errors of a constant prediction's accuracy on a test set this
+# size where that is more (small test sets)
+CHANCE_MARGIN = 0.05
+CHANCE_SES = 3.0
 
 
 @dataclass(frozen=True)
 class Flag:
     summary: str
     check: Callable[[dict], dict | None]
+    # flags this one explains when both fire: they are dropped from the record's flags and their evidence is kept
+    # under this flag's `superseded`
+    supersedes: tuple[str, ...] = ()
+    always: bool = False  # judged with eval.sanity off too (its evidence is gathered by every evaluation)
+
+
+def training_evidence(clean_logits: torch.Tensor, y: torch.Tensor, history: list[dict] | None) -> dict:
+    """What `training-failed` judges: the clean accuracy against chance (the majority-class rate of `y`, what a
+    model that ignores its input scores at best), the share of the most frequent prediction, and the training
+    loss (the sum of the loss terms) of the first and last epoch of `history` (None without one)."""
+    n = len(y)
+    pred = clean_logits.argmax(1)
+    chance = torch.bincount(y).max().item() / n
+    threshold = chance + max(CHANCE_MARGIN, CHANCE_SES * math.sqrt(chance * (1 - chance) / n))
+    total = [sum(epoch.values()) for epoch in history or [] if epoch]
+    return {"clean": (pred == y).float().mean().item(), "chance": chance, "threshold": threshold,
+            "top_prediction_share": torch.bincount(pred).max().item() / n,
+            "loss_first_epoch": total[0] if total else None, "loss_last_epoch": total[-1] if total else None,
+            "epochs": len(total)}
+
+
+def _training_failed(ev: dict):
+    t = ev.get("training")
+    if t and t["clean"] <= t["threshold"]:
+        return dict(t)
+    return None
 
 
 def _pgd_above_fgsm(ev: dict):
@@ -57,10 +91,20 @@ def _zero_gradients(ev: dict):
 
 
 def _not_converged(ev: dict):
+    """The check itself is kept once, as `flag_evidence.convergence` (evaluate.py): the flag keeps the drop and
+    points there."""
     c = ev.get("convergence")
     if c and c["robust"] - c["robust_with_strong_attack"] > CONVERGENCE_DROP:
-        return dict(c)
+        return {"drop": c["robust"] - c["robust_with_strong_attack"], "check": "convergence"}
     return None
+
+
+def convergence_check(flag_evidence: dict) -> dict | None:
+    """A record's convergence check (the worst case at the headline eps before and after the strongest attack at
+    2x steps with restarts): `flag_evidence.convergence`; records written before every record kept it there hold
+    it under their `not-converged` flag alone."""
+    found = flag_evidence.get("convergence") or flag_evidence.get("not-converged")
+    return found if found and "robust_with_strong_attack" in found else None
 
 
 def _randomized(ev: dict):
@@ -89,6 +133,15 @@ def _blackbox_beats_whitebox(ev: dict):
     return None
 
 
+# the flags that distrust the attack (gradient masking, an unfinished search): a model that learned nothing
+# fires them too, and training-failed says what happened instead
+ATTACK_FLAGS = ("pgd-above-fgsm", "ce-above-margin", "zero-gradients", "not-converged", "unbounded-not-broken",
+                "blackbox-beats-whitebox")
+
+FLAGS.add("training-failed", Flag(f"the model did not learn: clean accuracy within {100 * CHANCE_MARGIN:g} points "
+                                  f"(or {CHANCE_SES:g} standard errors) of chance, the majority-class rate; replaces "
+                                  f"the attack flags it fires, and its seed is left out of its row's means and tests",
+                                  _training_failed, ATTACK_FLAGS, True))
 FLAGS.add("pgd-above-fgsm", Flag(f"PGD accuracy above FGSM accuracy (+{FGSM_PGD_TOL}) at some eps", _pgd_above_fgsm))
 FLAGS.add("ce-above-margin", Flag(f"CE-loss PGD accuracy above APGD-DLR by more than {CE_MARGIN_GAP}", _ce_above_margin))
 FLAGS.add("zero-gradients", Flag(f"more than {ZERO_GRAD_FRACTION:.0%} of inputs have an input gradient below "
@@ -104,12 +157,20 @@ FLAGS.add("probability-outputs", Flag(f"outputs are probabilities (rows in [0, 1
                                       f"not logits", _probability_outputs))
 
 
-def compute_flags(evidence: dict) -> tuple[list[str], dict]:
-    """Run every flag on the evidence: (names of the flags that fired, their evidence)."""
+def compute_flags(evidence: dict, sanity: bool = True) -> tuple[list[str], dict]:
+    """Run every flag on the evidence (with `sanity` off, only the flags judged `always`): (names of the flags
+    that fired, their evidence). A fired flag's `supersedes` that fired too are moved under its `superseded`."""
     fired, details = [], {}
     for entry in FLAGS.entries():
+        if not (sanity or entry.obj.always):
+            continue
         found = entry.obj.check(evidence)
         if found is not None:
             fired.append(entry.name)
             details[entry.name] = found
+    for name in list(fired):
+        explained = {f: details.pop(f) for f in FLAGS.get(name).supersedes if f in fired}
+        if explained:
+            details[name]["superseded"] = explained
+            fired = [f for f in fired if f not in explained]
     return fired, details

@@ -66,7 +66,7 @@ def run_job(job, ws, progress) -> dict:
 
     per_example: dict = {}
     metrics, flags, evidence, timings, eval_seconds = evaluate_job_model(job, ws, model, source, specs, data,
-                                                                         per_example)
+                                                                         per_example, history)
     teacher_info = teacher_summary(job, specs, teachers, data)
     record = {
         "schema": 1,
@@ -88,7 +88,7 @@ def run_job(job, ws, progress) -> dict:
         "flag_evidence": evidence,
         "examples": pack_masks(per_example),
         "headline_eps": job.headline_eps,
-        "train_history": history[-1:] if history else [],
+        "train_history": history,  # each epoch's mean of each loss term
         "train_seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
         "eval_timings": {k: round(v, 3) for k, v in timings.items()},
@@ -103,17 +103,20 @@ def run_job(job, ws, progress) -> dict:
     return record
 
 
-def evaluate_job_model(job, ws, model, source, specs, data, per_example: dict | None = None) -> tuple:
+def evaluate_job_model(job, ws, model, source, specs, data, per_example: dict | None = None,
+                       history: list | None = None) -> tuple:
     """`model` evaluated with `job`'s protocol (attacks, transfer from `source`, corruptions, CIFAR-C); returns
     (metrics, flags, flag evidence, timings, eval seconds) and fills `per_example` with the per-example
-    correctness masks (evaluate's out-parameter). Shared by run_job and `kdbench evaluate`."""
+    correctness masks (evaluate's out-parameter). `history`: the model's training losses per epoch (evidence of
+    `training-failed`). Shared by run_job and `kdbench evaluate`."""
     seed_everything(job.seed)
     timings: dict = {}
     t1 = time.perf_counter()
     transfer_cache = shared_examples(ws, job) if source is not None and job.eval.transfer else None
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
-                                        transfer_cache=transfer_cache, per_example=per_example)
+                                        transfer_cache=transfer_cache, per_example=per_example,
+                                        train_history=history)
     if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
         from ..evaluation.cifar_c import evaluate_cifar_c
 

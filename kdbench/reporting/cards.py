@@ -3,8 +3,10 @@ model>/<Model>.json` entries, written by the report step as a pure function of t
 
 A card says what the row's model is (dataset, threat model and eps, architecture, parameters and MACs), how it
 was made (teacher with its own clean and robust accuracy, method and hyper-parameters, training settings), what
-it scored (clean, worst case, each attack, transfer, corruptions, sanity flags; mean, std and each seed), what it
-cost (train and eval seconds, device, versions) and which weights these are (file and SHA-256 per seed).
+it scored (clean, worst case, each attack, transfer, corruptions, sanity flags, how much the convergence check
+lowered the worst case; mean, std and each seed, over the seeds that count: a seed whose training failed is
+listed in `failed_seeds` instead), what it cost (train and eval seconds, device, versions) and which weights
+these are (file and SHA-256 per seed).
 
 Accuracies are fractions in [0, 1] stored as numbers (RobustBench stores percent strings). The RobustBench key
 names are kept where they mean the same: `name`, `dataset`, `architecture`, `eps`, `clean_acc`,
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 
 from ..core.metric_names import at_eps
-from .rows import group_key, row_label
+from .rows import counted, group_key, row_label
 
 CARD_SCHEMA = 1
 CARDS_DIR = "cards"
@@ -35,11 +38,12 @@ def card_file(key: tuple) -> str:
 
 
 def _stats(values: dict) -> dict:
-    """{seed: value} -> mean, std (sample, 0 for one seed) and the values per seed."""
+    """{seed: value} -> mean, std (sample; null for one seed, which measures no spread) and the values per seed."""
     from ..stats.spread import mean_std
 
     mean, std = mean_std(list(values.values()))
-    return {"mean": mean, "std": std, "per_seed": {str(s): v for s, v in sorted(values.items())}}
+    return {"mean": mean, "std": None if math.isnan(std) else std,
+            "per_seed": {str(s): v for s, v in sorted(values.items())}}
 
 
 def _metric(recs: list[dict], name: str) -> dict | None:
@@ -56,8 +60,8 @@ def teacher_card(info: dict | None, records: list[dict], eps: str) -> dict | Non
     from its reference records (same dataset, architecture and kind)."""
     if not info:
         return None
-    refs = [r for r in records if r["role"] == "teacher" and r["student"]["arch"] == info.get("arch")
-            and r.get("teacher_kind") == info.get("kind")]
+    refs = counted([r for r in records if r["role"] == "teacher" and r["student"]["arch"] == info.get("arch")
+                    and r.get("teacher_kind") == info.get("kind")])[0]
     out = {k: info.get(k) for k in ("kind", "arch", "params", "macs", "seeds", "pretrained") if info.get(k) is not None}
     out["clean_acc"] = _mean([r["metrics"]["clean"] for r in refs if "clean" in r["metrics"]])
     if out["clean_acc"] is None:  # no reference record: the clean accuracy the student job measured
@@ -69,12 +73,14 @@ def teacher_card(info: dict | None, records: list[dict], eps: str) -> dict | Non
 
 
 def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str, label: str) -> dict:
-    """The card of one leaderboard row from its records (one per seed)."""
+    """The card of one leaderboard row from its records (one per seed): its scores over the seeds that count,
+    the seeds whose training failed (`rows.counted`) listed apart."""
     recs = sorted(recs, key=lambda r: r["seed"])
     first = recs[0]
+    kept, failed = counted(recs)
     headline = first.get("headline_eps")
     e = f"{headline:g}" if headline is not None else ""
-    names = sorted({m for r in recs for m in r["metrics"]})
+    names = sorted({m for r in kept for m in r["metrics"]})
     attacks = [m for m in names if "@" in m and not m.startswith(("robust@", "sweep@"))]
     corruption = [m for m in names if m.startswith(("corruption/", "cifar-c/")) or m in ("mca", "relative_mca")]
     flags: dict[str, int] = {}
@@ -83,8 +89,8 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
             flags[f] = flags.get(f, 0) + 1
     config = first.get("config") or {}
     env = [r.get("env") or {} for r in recs]
-    clean, worst, aa = (_metric(recs, "clean"), _metric(recs, at_eps("robust", e)),
-                        _metric(recs, at_eps("autoattack", e)))
+    clean, worst, aa = (_metric(kept, "clean"), _metric(kept, at_eps("robust", e)),
+                        _metric(kept, at_eps("autoattack", e)))
     card = {
         "card_schema": CARD_SCHEMA,
         "name": label,
@@ -104,15 +110,18 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "teacher": teacher_card(first.get("teacher"), all_records, e),
         "training": config.get("train"),
         "evaluation": config.get("eval") or (config.get("protocol_job") or {}).get("eval"),
-        "seeds": [r["seed"] for r in recs],
+        "seeds": [r["seed"] for r in kept],
+        "failed_seeds": [{"seed": r["seed"], "clean": r["metrics"].get("clean"),
+                          "record": f"records/{r['job_id']}.json"} for r in failed],
         "clean_acc": clean["mean"] if clean else None,
         "worst_case_acc": worst["mean"] if worst else None,
         **({"autoattack_acc": aa["mean"]} if aa else {}),
         "metrics": {"clean": clean, at_eps("robust", e): worst},
-        "per_attack": {m: _metric(recs, m) for m in attacks},
-        "worst_case": {m: _metric(recs, m) for m in names if m.startswith("robust@")},
-        "corruptions": {m: _metric(recs, m) for m in corruption},
+        "per_attack": {m: _metric(kept, m) for m in attacks},
+        "worst_case": {m: _metric(kept, m) for m in names if m.startswith("robust@")},
+        "corruptions": {m: _metric(kept, m) for m in corruption},
         "flags": flags,
+        "convergence_drop": _convergence_drop(kept),
         "compute": {
             "train_seconds": {str(r["seed"]): r.get("train_seconds") for r in recs},
             "eval_seconds": {str(r["seed"]): r.get("eval_seconds") for r in recs},
@@ -129,6 +138,16 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         card["external"] = {k: v for k, v in (first.get("external") or {}).items() if k != "protocol_job"}
         card["transfer_source"] = first.get("transfer_source")
     return card
+
+
+def _convergence_drop(recs: list[dict]) -> dict | None:
+    """How much the convergence check (the strongest attack at 2x steps with restarts) lowered the worst case at
+    the headline eps: mean, std and per seed, over the seeds whose records hold the check."""
+    from ..evaluation.sanity import convergence_check
+
+    checks = {r["seed"]: convergence_check(r.get("flag_evidence") or {}) for r in recs}
+    drops = {s: c["robust"] - c["robust_with_strong_attack"] for s, c in checks.items() if c}
+    return _stats(drops) if drops else None
 
 
 def build_cards(records: list[dict], suite: str) -> dict[str, dict]:

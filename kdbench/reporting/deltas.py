@@ -31,11 +31,21 @@ def _per_seed(records: list[dict], metric: str):
     return values, masks
 
 
-def _fmt(p: Paired, significant: bool) -> str:
+def _fmt(p: Paired, significant: bool, common: str = "") -> str:
     d = f"{100 * p.diff:+.1f}"
     if p.test == "none":
-        return d
-    return f"{d} [{100 * p.low:+.1f}, {100 * p.high:+.1f}]" + ("*" if significant else "")
+        return d + common
+    return f"{d} [{100 * p.low:+.1f}, {100 * p.high:+.1f}]" + ("*" if significant else "") + common
+
+
+def _common(values: dict, base_values: dict) -> str:
+    """Where the seeds a difference is computed on are not all of both rows' seeds: their number and the two
+    rows' means over them (the row's own mean, in its cell, is over all of its seeds)."""
+    seeds = sorted(set(values) & set(base_values))
+    if set(seeds) == set(values) == set(base_values):
+        return ""
+    mine, theirs = (100 * statistics.mean(v[s] for s in seeds) for v in (values, base_values))
+    return f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {mine:.1f} vs {theirs:.1f})"
 
 
 def delta_columns(rows: list[dict], records_of, metric: str) -> tuple[dict[str, list[str]], str]:
@@ -51,6 +61,7 @@ def delta_columns(rows: list[dict], records_of, metric: str) -> tuple[dict[str, 
             if b in first and b not in names:
                 names.append(b)
     cells: dict[tuple[int, str], Paired] = {}
+    common: dict[tuple[int, str], str] = {}
     data = [_per_seed(records_of(r), metric) for r in rows]
     for i, r in enumerate(rows):
         for b in baselines_of(r["method"]):
@@ -60,14 +71,15 @@ def delta_columns(rows: list[dict], records_of, metric: str) -> tuple[dict[str, 
             p = compare(data[i][0], data[j][0], data[i][1], data[j][1])
             if p is not None:
                 cells[(i, b)] = p
+                common[(i, b)] = _common(data[i][0], data[j][0])
     keys = list(cells)
     significant = dict(zip(keys, holm([cells[k].p for k in keys])))
-    columns = {f"Δ vs {b}": [_fmt(cells[(i, b)], significant[(i, b)]) if (i, b) in cells else ""
+    columns = {f"Δ vs {b}": [_fmt(cells[(i, b)], significant[(i, b)], common[(i, b)]) if (i, b) in cells else ""
                              for i in range(len(rows))] for b in names}
-    return columns, _note(list(cells.values()), metric, names)
+    return columns, _note(list(cells.values()), metric, names, any(common.values()))
 
 
-def _note(results: list[Paired], metric: str, names: list[str]) -> str:
+def _note(results: list[Paired], metric: str, names: list[str], partial: bool = False) -> str:
     if not results:
         return ""
     tested = [p for p in results if p.test != "none"]
@@ -75,7 +87,8 @@ def _note(results: list[Paired], metric: str, names: list[str]) -> str:
     used = sorted({p.test for p in results}, key=list(TESTS).index)
     text = (f"Δ vs {' / '.join(names)}: paired difference in {metric} to that baseline row (on the seeds both have"
             + (", same examples" if any(t in ("crossed", "mcnemar") for t in used) else "")
-            + "), in points")
+            + ("; where those are not all of both rows' seeds, '(k seeds: a vs b)' gives their number and the two "
+               "rows' means over them" if partial else "") + "), in points")
     if not tested:
         return text + "; one seed and no per-example data: no interval and no test apply."
     mdd = [p.detectable(m) for p in tested]

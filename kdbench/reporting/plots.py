@@ -22,10 +22,14 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _bars(means, stds) -> list[list[float]]:
+def _bars(means, stds) -> list[list[float]] | None:
     """Error bars of mean ± std (in %) cut at the axis' physical limits: an accuracy is never below 0 or
-    above 100 %, so a bar reaching past 100 % would show a value no seed can have."""
+    above 100 %, so a bar reaching past 100 % would show a value no seed can have. No bar where the std is NaN
+    (one seed measures no spread; summarize gives it NaN); None when no point has one."""
     means, stds = [float(m) for m in means], [float(sd) for sd in stds]
+    if all(sd != sd for sd in stds):
+        return None
+    stds = [0.0 if sd != sd else sd for sd in stds]
     return [[min(sd, m) for m, sd in zip(means, stds)], [min(sd, 100.0 - m) for m, sd in zip(means, stds)]]
 
 
@@ -73,7 +77,7 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
                     fmt=st["marker"], ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
-    ax.set_title("Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")
+    ax.set_title("Robust vs clean accuracy (mean ± std over seeds, no bar for one seed; stars = teachers)")
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     _save(fig, path)

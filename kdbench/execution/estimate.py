@@ -232,7 +232,10 @@ def estimate(suite: Suite, device, progress=print) -> dict:
         torch.set_num_threads(threads)
     augmented = bool(suite.data.augment)
     steps_per_epoch = math.ceil(ds.n_train / min(t.batch_size, ds.n_train))
-    examples = steps_per_epoch * min(t.batch_size, ds.n_train)
+
+    def examples(batch_size: int) -> int:  # examples per epoch, the last batch padded to a full one
+        return math.ceil(ds.n_train / min(batch_size, ds.n_train)) * min(batch_size, ds.n_train)
+
     rows = []
     sharing = Counter(_transfer_key(job) for job in jobs if not job.is_teacher and job.teacher_specs())
     for job in jobs:
@@ -242,18 +245,18 @@ def estimate(suite: Suite, device, progress=print) -> dict:
         if job.is_teacher:
             trained = job.pair.pretrained is None
             epochs = t.teacher_epochs if trained else 0
-            train_s = epochs * examples * passes["student"] * t_cost["fb"]
+            train_s = epochs * examples(t.batch_size) * passes["student"] * t_cost["fb"]
             model_cost = t_cost
         else:
             s_cost = costs[job.pair.student]
-            epochs = t.epochs
+            epochs = job.train.epochs  # a method's own training settings, where it has them
             per_example = passes["student"] * s_cost["fb"] + passes["teacher"] * t_cost["f"]
             if passes.get("teacher_logits"):
                 if augmented:
                     per_example += passes["teacher_logits"] * t_cost["f"]
                 else:  # cached once per job
                     per_example += passes["teacher_logits"] * t_cost["f"] / max(epochs, 1)
-            train_s = epochs * examples * per_example
+            train_s = epochs * examples(job.train.batch_size) * per_example
             model_cost = s_cost
         ev = job.eval
         transfer = not job.is_teacher and ev.transfer and bool(job.teacher_specs())

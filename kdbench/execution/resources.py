@@ -84,7 +84,8 @@ def worker_memory(suite) -> WorkerMemory:
     ds = data_shape(suite)
     example = math.prod(ds.shape) * FLOAT
     teachers, students = set(), set()
-    for job in suite.jobs():
+    jobs = suite.jobs()
+    for job in jobs:
         if not job.is_teacher:
             students.add(job.pair.student)
         for spec in job.teacher_specs():
@@ -94,7 +95,7 @@ def worker_memory(suite) -> WorkerMemory:
     sizes = {a: model_size(a, ds.shape, ds.num_classes) for a in {t[0] for t in teachers} | students}
     weights = sum(sizes[t[0]][0] for t in teachers) + max((5 * sizes[s][0] for s in students), default=0)
     weights += max((sizes[t[0]][0] for t in teachers), default=0)  # a folded copy for the transfer attack
-    batch = max(suite.train.batch_size, suite.eval.batch_size)
+    batch = max(max(j.train.batch_size for j in jobs), suite.eval.batch_size)  # a method's own batch included
     per_example = max((act for _, act in sizes.values()), default=0)
     sets = len({(t[0], t[1], t[2]) for t in teachers}) * len(suite.seeds) if suite.eval.transfer else 0
     one_set = ds.n_test * example * len(suite.eval.eps)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..core.config import from_table
@@ -102,24 +103,27 @@ def check_names(names, registry, where: str):
             raise choices_error(registry.kind, name, registry.names()) from None
 
 
-def parse_train(table) -> TrainConfig:
-    """The `[train]` table, validated."""
-    train = from_table(TrainConfig, table, "train")
+def parse_train(table, where: str = "train", base: TrainConfig | None = None) -> TrainConfig:
+    """The `[train]` table, validated. With `base`, the table holds only the fields that replace `base`'s (a
+    method's own training settings, `where` = "methods.<name>.train"); the result is validated as a whole."""
+    train = from_table(TrainConfig, table, where)
+    if base is not None:
+        train = dataclasses.replace(base, **{k: getattr(train, k) for k in table or {}})
     if train.optimizer not in OPTIMIZERS:
-        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
+        raise KdbenchError(f"{where}.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
     if train.schedule not in SCHEDULES:
-        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
+        raise KdbenchError(f"{where}.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
     for key in ("epochs", "teacher_epochs", "batch_size"):
         if getattr(train, key) < 1:
-            raise KdbenchError(f"train.{key} must be >= 1, got {getattr(train, key)!r}")
+            raise KdbenchError(f"{where}.{key} must be >= 1, got {getattr(train, key)!r}")
     if train.adv_steps < 0:
-        raise KdbenchError(f"train.adv_steps must be >= 0, got {train.adv_steps!r}")
+        raise KdbenchError(f"{where}.adv_steps must be >= 0, got {train.adv_steps!r}")
     if not train.lr > 0:
-        raise KdbenchError(f"train.lr must be > 0, got {train.lr!r}")
-    check_eps(train.adv_eps, "train.adv_eps")
+        raise KdbenchError(f"{where}.lr must be > 0, got {train.lr!r}")
+    check_eps(train.adv_eps, f"{where}.adv_eps")
     if not 0.0 <= train.adv_warmup <= 1.0:
-        raise KdbenchError(f"train.adv_warmup = {train.adv_warmup!r} is outside [0, 1] (the fraction of training over "
-                           f"which the inner attack's eps ramps up to adv_eps; 0 is off)")
+        raise KdbenchError(f"{where}.adv_warmup = {train.adv_warmup!r} is outside [0, 1] (the fraction of training "
+                           f"over which the inner attack's eps ramps up to adv_eps; 0 is off)")
     return train
 
 

@@ -43,6 +43,13 @@ class Job:
     headline_eps: float
     gpu: GpuConfig | None = None  # the [gpu] settings of a job that runs on CUDA; None on the CPU
     save_student: bool = True  # keep the student's weights beside its record ([save] students); not in the id
+    # the suite's [train], where the method trains its students with settings of its own (`train` above): its
+    # teachers are the suite's, trained with these; None: teachers and student train with `train`
+    teacher_train: TrainConfig | None = None
+
+    def teacher_training(self) -> TrainConfig:
+        """The training settings of this job's teachers."""
+        return self.teacher_train if self.teacher_train is not None else self.train
 
     @property
     def is_teacher(self) -> bool:
@@ -76,6 +83,7 @@ class Job:
             "eval": dataclasses.asdict(self.eval),
             "headline_eps": self.headline_eps,
             "gpu": dataclasses.asdict(self.gpu) if self.gpu is not None else None,
+            "teacher_train": dataclasses.asdict(self.teacher_train) if self.teacher_train is not None else None,
         }
 
     @property
@@ -108,6 +116,8 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
             eval=from_table(EvalConfig, config["eval"], "config.eval"),
             headline_eps=config["headline_eps"],
             gpu=check_gpu(from_table(GpuConfig, config["gpu"], "config.gpu")) if config.get("gpu") else None,
+            teacher_train=(from_table(TrainConfig, config["teacher_train"], "config.teacher_train")
+                           if config.get("teacher_train") else None),
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise KdbenchError(f"the record's config is incomplete or malformed ({type(e).__name__}: {e})") from None

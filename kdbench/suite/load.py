@@ -57,6 +57,12 @@ class MethodRun:
     params: tuple[tuple[str, Any], ...]
     teacher_kind: str | None
     seeds: tuple[int, ...] = ()  # this method's own seeds (the reserved key `seeds`); () = the suite's
+    train: tuple[tuple[str, Any], ...] = ()  # [train] fields this method's students train with instead of the
+    # suite's (the reserved key `train`); its teachers are the suite's, trained with the suite's [train]
+
+    def train_config(self, suite_train: TrainConfig) -> TrainConfig:
+        """The training settings of this method's students: the suite's, with this method's own in their place."""
+        return dataclasses.replace(suite_train, **dict(self.train)) if self.train else suite_train
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,11 @@ class Suite:
         students, teachers = [], {}
         for pair in self.pairs:
             for m in self.methods:
+                train = m.train_config(self.train)
+                teacher_train = self.train if train != self.train else None  # teachers: the suite's [train]
                 for seed in m.seeds or self.seeds:
-                    job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
-                              self.headline_eps, gpu, self.save.students)
+                    job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, train, self.eval,
+                              self.headline_eps, gpu, self.save.students, teacher_train)
                     students.append(job)
                     if pair.pretrained is not None:  # loaded, not trained: one reference job each, for all
                         refs = [(TeacherSpec(p.display_name(), "pretrained", self.seeds[0]), p)
@@ -181,7 +189,7 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     if headline not in ev.eps:
         raise KdbenchError(f"headline_eps {headline!r} must be one of eval.eps: {', '.join(map(str, ev.eps))}")
 
-    methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}))
+    methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}), train)
     check = parse_check(doc.get("check"))
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
     gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
@@ -208,11 +216,14 @@ def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def parse_methods(table: Any) -> tuple[MethodRun, ...]:
-    """`[methods]` maps each method to its parameters (`kd = { temperature = 4.0 }`, `ce = {}`); the reserved
-    key `teacher` picks the teacher kind (defaults to the method's own), and the reserved key `seeds` gives the
-    method its own seeds in place of the suite's (more seeds for the rows whose comparisons need them; the
-    leaderboard pairs two rows on the seeds both have)."""
+def parse_methods(table: Any, train: TrainConfig | None = None) -> tuple[MethodRun, ...]:
+    """`[methods]` maps each method to its parameters (`kd = { temperature = 4.0 }`, `ce = {}`). Reserved keys:
+    `teacher` picks the teacher kind (defaults to the method's own); `seeds` gives the method its own seeds in
+    place of the suite's (more seeds for the rows whose comparisons need them; the leaderboard pairs two rows on
+    the seeds both have); `train` is a table of `[train]` fields that replace the suite's (`train`) for this
+    method's students (`defensive = { temperature = 100.0, train = { epochs = 40 } }`), validated like `[train]`.
+    Its teachers are shared with every method and trained with the suite's `[train]`, so `teacher_epochs` is not
+    a method's to set."""
     if isinstance(table, list):
         table = {name: {} for name in table} if all(isinstance(n, str) for n in table) else None
     if not isinstance(table, dict) or not table:
@@ -225,6 +236,7 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         params = dict(params)
         kind = params.pop("teacher", cls.teacher_kind)
         own_seeds = check_seeds(params.pop("seeds"), f"methods.{name}.seeds") if "seeds" in params else ()
+        own_train = method_train(params.pop("train"), train, name) if "train" in params else ()
         if cls.teacher_kind is None and kind is not None:
             raise KdbenchError(f"methods.{name} uses no teacher; remove its 'teacher' key")
         if kind is not None:
@@ -239,20 +251,31 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         problem = cls.params_problem(merged)
         if problem:
             raise KdbenchError(f"methods.{name}: {problem}")
-        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind, own_seeds))
+        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind, own_seeds, own_train))
     return tuple(runs)
+
+
+def method_train(table: Any, train: TrainConfig | None, name: str) -> tuple[tuple[str, Any], ...]:
+    """A method's `train` table, validated like `[train]` over the suite's (`train`): its fields, typed."""
+    where = f"methods.{name}.train"
+    if isinstance(table, dict) and "teacher_epochs" in table:
+        raise KdbenchError(f"{where}.teacher_epochs: a method's teachers are shared by every method and trained "
+                           f"with the suite's [train]; set teacher_epochs there")
+    merged = parse_train(table, where, train or TrainConfig())
+    return tuple(sorted((k, getattr(merged, k)) for k in table))
 
 
 def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[int] | None = None) -> Suite:
     """The suite restricted to some of its methods and/or run on other seeds (CLI --methods / --seeds; the seeds
-    given replace every method's own seeds too)."""
+    given replace every method's own seeds too). A method of the suite keeps its parameters and its own training
+    settings; one the suite does not name runs with its defaults."""
     if methods:
         known = {m.name: m for m in suite.methods}
         picked = []
         for name in methods:
             if name not in known:
                 METHODS.check(name)  # unknown everywhere -> 'unknown method' error
-                picked.extend(parse_methods({name: {}}))
+                picked.extend(parse_methods({name: {}}, suite.train))
             else:
                 picked.append(known[name])
         suite = dataclasses.replace(suite, methods=tuple(picked))

@@ -23,8 +23,10 @@ from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 
 def teacher_config(spec, job, threads: int) -> dict:
     """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
-    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead)."""
-    t = job.train
+    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead). The training
+    settings are the job's teachers' (`Job.teacher_training`: the suite's [train], also where a method trains
+    its students with settings of its own)."""
+    t = job.teacher_training()
     params, kind_train = cache_settings(spec.kind, dict(spec.params), t)  # the kind's own facts (teachers.py)
     # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
     # format 3: they train with optim.FlatOptimizer
@@ -57,11 +59,12 @@ def train_teacher(spec, job, data, device: torch.device) -> torch.nn.Module:
     seed_everything(spec.seed)
     gpu = job_gpu(job, device)
     model = place(build_model(spec.arch, model_input(data)), device, gpu)
-    objective = kind.objective(model, params, job.train)
+    t = job.teacher_training()
+    objective = kind.objective(model, params, t)
     x, y = data.x_train, data.y_train
     augment = make_augmenter(job.data.augment, spec.seed, device) or (lambda xb: xb)
     fit(model, list(model.parameters()), lambda idx, p: objective(augment(x[idx]), y[idx], p), len(x),
-        job.train.teacher_epochs, job.train, spec.seed, device, amp=autocast_dtype(gpu))
+        t.teacher_epochs, t, spec.seed, device, amp=autocast_dtype(gpu))
     return model
 
 

@@ -137,6 +137,16 @@ def test_adv_warmup_is_in_the_job_id_and_off_keeps_the_ids_of_before():
     assert teacher_key(cfg) == key_off  # ... and without it, the same as before
 
 
+def test_a_methods_own_warmup_warms_up_its_students_only():
+    doc = {**SUITE, "train": {**SUITE["train"], "adv_warmup": 0.0},
+           "methods": {"ard": {"train": {"adv_warmup": 0.25}}, "rslad": {}}}
+    jobs = {j.method: j for j in parse_suite(doc).jobs() if not j.is_teacher}
+    assert jobs["ard"].train.adv_warmup == 0.25 and jobs["ard"].teacher_training().adv_warmup == 0.0
+    assert jobs["rslad"].train.adv_warmup == 0.0  # the other methods keep the suite's
+    with pytest.raises(KdbenchError, match=r"^methods.ard.train.adv_warmup = 2.0 is outside \[0, 1\]"):
+        parse_suite({**doc, "methods": {"ard": {"train": {"adv_warmup": 2.0}}}})
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_adv_warmup_outside_0_1_is_one_line_at_load(bad):
     with pytest.raises(KdbenchError, match=r"^train.adv_warmup = .* is outside \[0, 1\]"):

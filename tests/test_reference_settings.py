@@ -192,3 +192,15 @@ def test_every_teacher_substitution_is_written_down():
     assert "resnet56 standard" in teachers["mtard"]["reference"] and "#5" in teachers["mtard"]["source"]
     assert teachers["iad"]["reference"] == ["resnet18 adversarial"]
     assert teachers["adaad"]["reference"] == ["wrn-34-20 robustbench:Chen2021LTD_WRN34_20"]
+
+
+def test_a_record_made_before_a_method_had_its_attack_mode_is_refused_by_reproduce():
+    from kdbench.core.errors import KdbenchError
+    from kdbench.suite.jobs import job_from_config
+
+    job = [j for j in load_suite("robustness").jobs() if j.method == "at"][0]
+    config = job.config()
+    assert job_from_config(config).job_id == job.job_id
+    del config["params"]["attack_mode"]  # at's parameters as they were before it had one
+    with pytest.raises(KdbenchError, match=r"^the record's at has no attack_mode: .* re-run the suite$"):
+        job_from_config(config)

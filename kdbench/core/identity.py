@@ -30,6 +30,7 @@ NEUTRAL = {
     "train_subset": 0, "test_subset": 0, "sha256": "",  # data: the whole splits; not a user dataset
     "pretrained": None, "ensemble": [],  # pair: a teacher trained here, not loaded
     "gpu": None,  # a job on the CPU: no [gpu] settings
+    "adv_warmup": 0.0,  # train: the inner attack at adv_eps from the first step (no eps warm-up)
     "teacher_train": None,  # a job whose teachers train with its own [train] (no per-method training settings)
 }
 

@@ -172,7 +172,7 @@ def count_passes(job: Job, ds: DataShape) -> dict:
     cls = METHODS.get(job.method)
     student = build_model("cnn-small", inp)
     teachers = [build_model("cnn-small", inp).eval() for _ in job.teacher_specs()]
-    ctx = TrainContext(ds.num_classes, shape, t.epochs, t.adv_eps, t.adv_steps, t.step_size())
+    ctx = TrainContext(ds.num_classes, shape, t.epochs, t.adv_eps, t.adv_steps, t.step_size(), t.adv_warmup)
     distiller = cls(student, teachers, dict(job.params), ctx)
     s_count, t_counts = _PassCounter(student), [_PassCounter(m) for m in teachers]
     distiller.train()

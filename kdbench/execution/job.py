@@ -28,7 +28,7 @@ def train_student(job, data, teachers: list, ws) -> tuple[torch.nn.Module, list[
     student = place(build_model(job.pair.student, model_input(data)), ws.device, gpu)
     t = job.train
     ctx = TrainContext(num_classes=data.num_classes, input_shape=data.shape, epochs=t.epochs, adv_eps=t.adv_eps,
-                       adv_steps=t.adv_steps, adv_step_size=t.step_size())
+                       adv_steps=t.adv_steps, adv_step_size=t.step_size(), adv_warmup=t.adv_warmup)
     distiller = cls(student, teachers, dict(job.params), ctx).to(ws.device)
     x, y = data.x_train, data.y_train
     augment = make_augmenter(job.data.augment, job.seed, ws.device)

@@ -42,6 +42,7 @@ class TrainContext:
     adv_eps: float
     adv_steps: int
     adv_step_size: float
+    adv_warmup: float = 0.0  # fraction of training over which the inner attack's eps ramps up (inner_attack.py)
 
 
 @dataclass
@@ -97,6 +98,12 @@ class Distiller(nn.Module):
         """Corruptions that the method's training itself applies (their accuracies are not out-of-distribution
         for it; the record marks them): corruption or noise family -> how it trains on it."""
         return {}
+
+    @classmethod
+    def params_problem(cls, params: dict[str, Any]) -> str:
+        """What is wrong with a combination of parameters that each lie in their range ("" when nothing is);
+        checked when a suite is read."""
+        return ""
 
     @classmethod
     def teacher_specs(cls, params: dict[str, Any], arch: str, kind: str | None, seed: int) -> list[TeacherSpec]:

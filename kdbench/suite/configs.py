@@ -29,6 +29,7 @@ class TrainConfig:
     adv_eps: float = 0.1  # eps of adversarial training and adversarial distillation
     adv_steps: int = 10
     adv_step_size: float | None = None  # default 2.5 * adv_eps / adv_steps (Madry et al. 2018)
+    adv_warmup: float = 0.0  # fraction of training over which the inner attack's eps ramps from 0 to adv_eps; 0: off
 
     def step_size(self) -> float:
         if self.adv_step_size is not None:
@@ -120,7 +121,9 @@ def parse_train(table, where: str = "train", base: TrainConfig | None = None) ->
     if not train.lr > 0:
         raise KdbenchError(f"{where}.lr must be > 0, got {train.lr!r}")
     check_eps(train.adv_eps, f"{where}.adv_eps")
-
+    if not 0.0 <= train.adv_warmup <= 1.0:
+        raise KdbenchError(f"{where}.adv_warmup = {train.adv_warmup!r} is outside [0, 1] (the fraction of training "
+                           f"over which the inner attack's eps ramps up to adv_eps; 0 is off)")
     return train
 
 

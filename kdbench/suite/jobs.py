@@ -103,6 +103,12 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
     if protocol != PROTOCOL:
         raise KdbenchError(f"the record was made by evaluation protocol {protocol!r}; this kdbench computes protocol "
                            f"{PROTOCOL}, so its numbers would differ by design: re-run the suite instead")
+    method = config.get("method")
+    if method in METHODS and isinstance(config.get("params"), dict):  # a parameter added since the record was made
+        missing = sorted(set(METHODS.get(method).defaults) - set(config["params"]))
+        if missing:
+            raise KdbenchError(f"the record's {method} has no {', '.join(missing)}: it was made by a kdbench whose "
+                               f"{method} had no such parameter, so this one would not rebuild it; re-run the suite")
     try:
         return Job(
             suite=suite,

@@ -248,6 +248,9 @@ def parse_methods(table: Any, train: TrainConfig | None = None) -> tuple[MethodR
         for key, bound in cls.bounds.items():
             if not bound.holds(merged[key]):
                 raise KdbenchError(f"methods.{name}.{key} {merged[key]!r} is outside its range {bound}")
+        problem = cls.params_problem(merged)
+        if problem:
+            raise KdbenchError(f"methods.{name}: {problem}")
         runs.append(MethodRun(name, tuple(sorted(merged.items())), kind, own_seeds, own_train))
     return tuple(runs)
 

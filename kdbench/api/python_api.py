@@ -11,6 +11,7 @@ raises `KdbenchError` (a ValueError) with the one line the command line prints.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..core.errors import KdbenchError
@@ -29,6 +30,7 @@ def evaluate(model, suite: str = "robustness", name: str = "my-student", out=Non
     from ..execution import external
     from ..execution.user_models import from_module
     from ..execution.workspace import default_cache_dir
+    from ..records.store import record_path
     from ..reporting.report import write_reports
     from ..suite.load import load_suite, with_overrides
 
@@ -42,8 +44,8 @@ def evaluate(model, suite: str = "robustness", name: str = "my-student", out=Non
     found: list = []
     written = external.evaluate_target(target, out, dev, cache, quiet=quiet, found=found)
     write_reports(out)
-    by_seed = {r["seed"]: r for r in found + written}
-    records = [by_seed[job.seed] for job in target.jobs]
+    ids = {r["seed"]: r["job_id"] for r in found + written}
+    records = [json.loads(record_path(out, ids[job.seed]).read_text(encoding="utf-8")) for job in target.jobs]
     return records[0] if len(records) == 1 else {r["seed"]: r for r in records}
 
 

@@ -99,13 +99,23 @@ def _exported(spec: str) -> UserModel:
     path = Path(spec).expanduser().resolve()
     if not path.is_file():
         raise KdbenchError(f"--model: file {str(path)!r} does not exist")
+    import logging
+    import zipfile
+
+    quiet = logging.getLogger("torch.export")  # it logs a traceback of a failed load before raising
+    level = quiet.level
     try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError("it is not a zip archive")
+        quiet.setLevel(logging.CRITICAL)
         program = torch.export.load(str(path))
         model = program.module()
     except Exception as e:  # noqa: BLE001 - not a torch.export program, or a damaged one
         text = str(e).strip().splitlines()
         raise KdbenchError(f"--model {spec!r} is not a program saved by torch.export.save: {type(e).__name__}: "
                            f"{text[0] if text else ''}") from None
+    finally:
+        quiet.setLevel(level)
     return UserModel(model, "export", str(path), path.name, file_sha256(path))
 
 

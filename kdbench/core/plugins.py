@@ -55,8 +55,10 @@ def loaded() -> list[Plugin]:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of `e`, after its type (kdbench's own errors speak for themselves)."""
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    line = text.splitlines()[0] if text else ""
+    return line if isinstance(e, KdbenchError) else f"{type(e).__name__}: {line}".rstrip(": ")
 
 
 def source_sha256(root: Path) -> str:

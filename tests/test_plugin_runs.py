@@ -174,9 +174,13 @@ def test_a_plugin_suite_runs_alike_everywhere_names_its_plugins_and_follows_thei
     assert by_method["my-kd"]["student"]["arch"] == "my-net"
 
     _same_records(_on_workers(suite, tmp_path / "pool", tiny_teachers, "fork", monkeypatch), inline)
+    # export copies kdbench's own model code: a plugin's architecture is one line naming the plugin
+    record = out / "records" / f"{by_method['my-kd']['job_id']}.json"
+    proc = run_main("export", record, "--to", tmp_path / "export")
+    assert proc.returncode == 2 and "comes from a plugin (my_arch.py, my_method.py)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "export").exists()
 
     # reproduce, in a process that has not imported the plugin: it is imported from where the record says
-    record = out / "records" / f"{by_method['my-kd']['job_id']}.json"
     _forget(method_file)
     proc = run_main("reproduce", record, "--cache-dir", tiny_teachers, "--quiet")
     assert proc.returncode == 0 and "0 differ" in proc.stdout, proc.stdout + proc.stderr

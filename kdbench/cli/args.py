@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="merge the records of these result folders into results/<suite> first (identical job "
                          "ids are de-duplicated; a job id with different numbers is a conflict: nothing is "
                          "written, exit 1)")
+    add_plugin_args(lb)
 
     ev = sub.add_parser("evaluate", help="evaluate a model with a suite's evaluation protocol; writes an "
                                          "'external' record (a leaderboard row)")

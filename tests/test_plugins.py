@@ -100,21 +100,47 @@ def test_every_family_registers_from_a_plugin_file_and_names_its_origin(tmp_path
     for name in ("my-kd", "my-net", "my-blobs", "my-fgsm", "my-invert", "my-smooth"):
         (line,) = [x for x in proc.stdout.splitlines() if x.strip().startswith(name + " ")]
         assert line.endswith(short), line
-    assert "  kd " in proc.stdout and not any(x.strip().startswith("kd ") and "[" in x for x in proc.stdout.splitlines())
+    assert "  kd " in proc.stdout
+    assert not any(x.strip().startswith("kd ") and "[" in x for x in proc.stdout.splitlines())  # kdbench's own
 
-    # every family's entry works where kdbench's own do: a suite of them loads, and its jobs carry the plugin
-    suite = parse_suite({"plugins": [str(path)], "dataset": "my-blobs", "seeds": [1],
-                         "pairs": [{"teacher": "my-net", "student": "my-net"}],
-                         "methods": {"my-kd": {"teacher": "my-smooth"}},
-                         "eval": {"attacks": ["my-fgsm"], "corruptions": ["my-invert"], "eps": [0.1]}})
+    # every family's entry works where kdbench's own do: a suite of them all runs, and its jobs carry the plugin
+    suite = tmp_path / "every.toml"
+    suite.write_text(f'''plugins = ["every.py"]
+dataset = "my-blobs"
+seeds = [1]
+[[pairs]]
+teacher = "my-net"
+student = "my-net"
+[train]
+epochs = 1
+teacher_epochs = 1
+[methods]
+my-kd = {{ teacher = "my-smooth" }}
+[eval]
+attacks = ["my-fgsm"]
+eps = [0.1]
+corruptions = ["my-invert"]
+severities = [1]
+sweep_eps = []
+noise_families = []
+sanity = false
+transfer = false
+''')
+    proc = run_main("run", "--suite", suite, "--out", tmp_path / "out", "--workers", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
     ident = {"file": "every.py", "sha256": plugin.origin.sha256}
-    assert all(job.config()["plugins"] == [ident] for job in suite.jobs())
+    got = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in (tmp_path / "out" /
+                                                                                   "records").glob("*.json")}
+    assert set(got) == {"my-kd", "teacher:my-smooth"} and all(r["config"]["plugins"] == [ident] for r in got.values())
+    assert {"my-fgsm@0.1", "corruption/my-invert/1"} <= set(got["my-kd"]["metrics"])
+    assert got["my-kd"]["dataset"] == "my-blobs" and got["my-kd"]["teacher"]["kind"] == "my-smooth"
 
 
 def test_builtin_jobs_keep_their_ids_and_a_plugin_job_is_identified_by_content(tmp_path):
     plain = load_suite(str(_tiny(tmp_path, name="plain.toml")))
     method = _write(tmp_path, "every.py", EVERY_FAMILY)
-    with_plugin = load_suite(str(_tiny(tmp_path, [method.name], name="with.toml", **{"kd = {}": "kd = {}\nmy-kd = {}"})))
+    with_plugin = load_suite(str(_tiny(tmp_path, [method.name], name="with.toml",
+                                       **{"kd = {}": "kd = {}\nmy-kd = {}"})))
     ids = {j.label(): j.job_id for j in with_plugin.jobs()}
     assert {j.label(): j.job_id for j in plain.jobs()}.items() <= ids.items()  # kd, ce, teachers: the same ids
     (mine,) = [j for j in with_plugin.jobs() if j.method == "my-kd"][:1]

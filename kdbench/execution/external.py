@@ -11,9 +11,9 @@ The model comes from one of:
 - `--model FILE.py:FACTORY | module:factory | FILE.pt2` (with `--checkpoint` for separate weights), or an
   `nn.Module` in memory (`kdbench.evaluate`): a model of the user's own code, any architecture (user_models.py).
 
-For `--checkpoint`, `--robustbench` and the user's models the protocol is the suite's (`--suite`): its dataset, `[eval]`, headline
-eps, the seeds `--seeds` (default: the suite's first seed); the transfer attack is crafted on the suite's first
-reference teacher (trained and cached like a run's, unless `--no-transfer`).
+For `--checkpoint`, `--robustbench` and the user's models the protocol is the suite's (`--suite`): its dataset,
+`[eval]`, headline eps, the seeds `--seeds` (default: the suite's first seed); the transfer attack is crafted on the
+suite's first reference teacher (trained and cached like a run's, unless `--no-transfer`).
 
 The record has role `external`, method = `--name`; the weights evaluated are kept as students/<job_id>.pt
 (RobustBench models: none, the zoo holds them). A user's model is identified by the hash of its weights and of

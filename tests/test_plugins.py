@@ -5,15 +5,13 @@ plugin is one line, exit code 2, nothing written."""
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import textwrap
 import tomllib
 
 import pytest
 
-from conftest import ROOT, TINY_SUITE, run_main
+from conftest import TINY_SUITE, run_main
 from kdbench.core.errors import KdbenchError
 from kdbench.core.identity import digest
 from kdbench.core.plugins import load_plugin
@@ -281,15 +279,9 @@ def _distribution(site, name="kdbench-test-dist", module="kdbench_test_plugin", 
     return site
 
 
-def _cli(site, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "kdbench", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_an_installed_package_is_imported_at_start_and_listed_with_its_version(tmp_path):
-    site = _distribution(tmp_path / "site")
-    proc = _cli(site, "list", "methods")
+def test_an_installed_package_is_imported_at_start_and_listed_with_its_version(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(_distribution(tmp_path / "site")))  # as `pip install` puts it
+    proc = run_main("list", "methods")
     assert proc.returncode == 0, proc.stderr
     (line,) = [x for x in proc.stdout.splitlines() if x.strip().startswith("packaged-kd ")]
     assert line.endswith("[package kdbench-test-dist 1.2]") and "A method from an installed package" in line

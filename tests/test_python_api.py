@@ -25,13 +25,13 @@ apgd_steps = 5
 sweep_eps = [0.1, 0.5]
 corruptions = ["gaussian_noise", "contrast"]
 severities = [1, 5]''', '''[eval]
-attacks = ["fgsm", "pgd", "apgd-dlr"]
+attacks = ["fgsm", "pgd"]
 eps = [0.1]
 pgd_steps = 5
 apgd_steps = 5
-sweep_eps = [0.1]
+sweep_eps = []
 corruptions = ["contrast"]
-severities = [1, 5]
+severities = [1]
 noise_families = ["gaussian"]
 noise_levels = [0.5, 1.0]
 sanity = false''')
@@ -141,7 +141,7 @@ def test_evaluate_on_a_users_module_gives_the_metrics_of_a_registered_checkpoint
     assert r.returncode == 0, r.stderr
     (registered,) = _records(tmp_path / "cli")
     assert record["metrics"] == registered["metrics"] and record["flags"] == registered["flags"]
-    assert len(record["metrics"]) > 10
+    assert len(record["metrics"]) >= 8
 
     # the same model from the user's file, built by its factory, weights from the checkpoint
     r = run_main("evaluate", "--model", f"{path}:build", "--checkpoint", ckpt, "--suite", protocol, "--name",
@@ -271,7 +271,7 @@ def test_the_regression_recipe_catches_a_real_drop_and_passes_an_unchanged_model
                                                                                 trained_digits_model):
     path, module = users_code
     _, data = trained_digits_model
-    net = _train_in_users_code(module, data, epochs=10)
+    net = _train_in_users_code(module, data, epochs=4)
     results = tmp_path / "ci" / "results"
     suite_folder = results / "tiny"  # the protocol suite's name
 

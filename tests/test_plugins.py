@@ -315,3 +315,20 @@ def test_the_suite_key_is_checked_before_anything_else(tmp_path):
     doc = tomllib.loads(TINY_SUITE)
     with pytest.raises(KdbenchError, match="plugins must be a list"):
         parse_suite({**doc, "plugins": [1]})
+
+
+def test_every_entry_of_kdbench_itself_is_built_in():
+    """The face imports every family before it seals the built-ins: no module of kdbench registers an entry later
+    (which would be taken for a script's, or for a plugin's while one is imported)."""
+    import importlib
+    import pkgutil
+
+    import kdbench
+    from kdbench.core.registry import _REGISTRIES
+
+    for info in pkgutil.walk_packages(kdbench.__path__, "kdbench."):
+        importlib.import_module(info.name)
+    late = [(kind, e.name, e.origin.name) for kind, reg in _REGISTRIES.items() for e in reg.entries()
+            if e.origin.kind != "built-in" and e.origin.name.startswith("kdbench.")]
+    assert not late, late
+    assert len(_REGISTRIES) >= 9 and all(reg.names() for reg in _REGISTRIES.values())

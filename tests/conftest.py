@@ -211,3 +211,19 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def plugin_sandbox():
+    """Plugins a test imports are forgotten after it: every registry, the loaded plugins and their modules as
+    they were (a plugin imported in this process stays registered otherwise)."""
+    from kdbench.core import plugins, registry
+
+    saved, loaded, modules = registry.snapshot(), dict(plugins._LOADED), set(sys.modules)
+    yield
+    registry.restore(saved)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+    for name in set(sys.modules) - modules:
+        if name.startswith(("kdbench_plugin_", "kdbench_test_")):
+            sys.modules.pop(name, None)

@@ -10,12 +10,15 @@ import time
 import torch
 
 from ..core.gpu import autocast_dtype, job_gpu, place
+from ..core.registry import plugin_origins
 from ..data.augment import make_augmenter
 from ..evaluation.evaluate import evaluate
 from ..methods import METHODS, Batch, TrainContext
 from ..models.registry import build_model, count_macs, count_params, model_input
 from ..records.examples import pack_masks
 from ..records.store import environment, utc_now
+from ..suite.plugin_uses import job_uses
+from ..training.frozen import teachers_kept
 from ..training.loop import fit, predict_logits, seed_everything
 from ..training.teacher_cache import get_teacher
 from .transfer_cache import shared_examples
@@ -43,8 +46,9 @@ def train_student(job, data, teachers: list, ws) -> tuple[torch.nn.Module, list[
             logits = [tm(xb) for tm in teachers] if cls.uses_teacher_logits else []
         return distiller.losses(Batch(xb, y[idx], logits, progress))
 
-    history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device,
-                  amp=autocast_dtype(gpu))
+    with teachers_kept(teachers):  # a method that changes its teachers fails its job (frozen.py)
+        history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device,
+                      amp=autocast_dtype(gpu))
     # evaluation needs gradients with respect to the inputs only: none for the weights (cheaper attacks)
     return distiller.student.eval().requires_grad_(False), history
 
@@ -96,6 +100,9 @@ def run_job(job, ws, progress) -> dict:
         "env": environment(ws.device),
         "created": utc_now(),
     }
+    plugins = plugin_origins(job_uses(job))
+    if plugins:  # the plugins whose code the job ran: file or package, where it was loaded from, full hash
+        record["plugins"] = [{k: v for k, v in dataclasses.asdict(o).items() if v} for o in plugins]
     if job.save_student and not job.is_teacher:
         from ..records.students import attach_weights
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.bounds import Bound
+from ..core.errors import KdbenchError
 from ..core.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -112,9 +113,14 @@ class Distiller(nn.Module):
 
 
 def register_method(name: str):
-    """Class decorator: `@register_method("kd")` registers a Distiller subclass under `name`."""
+    """Class decorator: `@register_method("kd")` registers a Distiller subclass under `name`. A class that is no
+    Distiller, or defines no `losses(batch)`, is refused (one error naming it)."""
 
     def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise KdbenchError(f"method {name!r}: {getattr(cls, '__name__', cls)!r} is not a subclass of Distiller")
+        if cls.losses is Distiller.losses:
+            raise KdbenchError(f"method {name!r}: {cls.__name__} defines no losses(batch) -> dict[str, Tensor]")
         doc = (cls.__doc__ or "").strip()
         cls.name = name
         # its own summary or docstring, never one inherited from the class it extends

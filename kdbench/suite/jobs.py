@@ -11,12 +11,14 @@ from ..core.config import from_table
 from ..core.errors import KdbenchError
 from ..core.gpu import GpuConfig, check_gpu
 from ..core.identity import digest
+from ..core.registry import plugin_ids
 from ..data.registry import DataConfig
 from ..data.registry import config_dict as data_config_dict
 from ..methods import METHODS, TeacherSpec
 from ..training.pretrained import PretrainedTeacher, stand_ins
 from .configs import EvalConfig, TrainConfig
 from .pairs import Pair, pair_config, pair_from_config
+from .plugin_uses import job_uses
 
 # What a job computes from its config, versioned: bumped when the same config would give different numbers, so
 # records of an older protocol never pass for new ones (their ids differ) and are re-run, not resumed.
@@ -70,7 +72,9 @@ class Job:
         return dict(zip(specs, found))[spec]
 
     def config(self) -> dict:
-        """Everything that determines the job's numbers (not the suite name): the hash input."""
+        """Everything that determines the job's numbers (not the suite name): the hash input. `plugins`: the
+        identity of each plugin whose entries the job uses (only there when there is one)."""
+        plugins = plugin_ids(job_uses(self))
         return {
             "protocol": PROTOCOL,
             "data": data_config_dict(self.data),
@@ -84,6 +88,7 @@ class Job:
             "headline_eps": self.headline_eps,
             "gpu": dataclasses.asdict(self.gpu) if self.gpu is not None else None,
             "teacher_train": dataclasses.asdict(self.teacher_train) if self.teacher_train is not None else None,
+            **({"plugins": plugins} if plugins else {}),
         }
 
     @property

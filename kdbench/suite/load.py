@@ -4,6 +4,10 @@ A suite is dataset x (teacher, student) pairs x methods x seeds. Every job is a 
 its id is a hash of that config, so a re-run skips finished jobs. Besides the student jobs, a suite has one
 reference job per teacher it uses (the teacher's own metrics, shown as reference rows); `reference_seeds = N`
 limits those to the teachers of the first N seeds (every seed's teachers are still trained).
+
+`plugins = ["my_kd.py", "mypkg.kd_losses"]` (files relative to the suite file, or importable modules) are imported
+before the suite's tables are read (core/plugins.py): their methods, architectures, ... are then names like any
+other. A suite that lists plugins runs their code.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ class Suite:
 
 
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
-              "check", "executor", "gpu", "save", "reference_seeds"}
+              "check", "executor", "gpu", "save", "reference_seeds", "plugins"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -155,6 +159,7 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     for key in doc:
         if key not in SUITE_KEYS:
             raise unknown_key_error("the suite file", key, SUITE_KEYS)
+    load_suite_plugins(doc.get("plugins", []), Path(source).resolve().parent if source else Path.cwd())
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) or name[0] == ".":
         raise KdbenchError(f"suite name must be letters, digits, '-', '_' or '.', got {name!r}")
@@ -202,6 +207,17 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
                   executor, gpu, save, ref_seeds)
     check_pretrained(suite)
     return suite
+
+
+def load_suite_plugins(plugins: Any, base_dir: Path) -> None:
+    """Import the suite's `plugins` (files relative to `base_dir`, or module names), before its tables are read."""
+    from ..core.plugins import load_plugin
+
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise KdbenchError(f"plugins must be a list of .py files (relative to the suite file) or module names, "
+                           f"got {plugins!r}")
+    for spec in plugins:
+        load_plugin(spec, base_dir)
 
 
 def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:

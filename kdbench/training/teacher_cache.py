@@ -13,10 +13,11 @@ import torch
 
 from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.gpu import autocast_dtype, job_gpu, place
-from ..data.augment import make_augmenter
-from ..data.registry import config_dict
+from ..core.registry import plugin_ids
+from ..data.augment import AUGMENTATIONS, make_augmenter
+from ..data.registry import DATASETS, config_dict
 from ..models.checkpoints import load_state_dict, state_dict_bytes
-from ..models.registry import build_model, model_input
+from ..models.registry import MODELS, build_model, model_input
 from .loop import fit, seed_everything
 from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 
@@ -38,6 +39,10 @@ def teacher_config(spec, job, threads: int) -> dict:
         cfg["gpu"] = dataclasses.asdict(job.gpu)
     else:
         cfg["threads"] = threads
+    plugins = plugin_ids([(TEACHER_KINDS, spec.kind), (MODELS, spec.arch), (DATASETS, job.data.name),
+                          *((AUGMENTATIONS, a) for a in job.data.augment)])
+    if plugins:  # a teacher of a plugin's kind, architecture or data: cached under the plugin's code
+        cfg["plugins"] = plugins
     return cfg
 
 

@@ -34,6 +34,13 @@ def clean_evidence():
         "probability_outputs": {"rows_are_probabilities": False, "min": -3.0, "max": 9.0, "max_row_sum_error": 4.0},
         "unbounded": {"eps": "0.5", "acc": 0.0, "chance": 0.1},
         "blackbox": {"eps": "0.1", "examples": 0, "fraction": 0.0},
+        "l2": {  # the L2 threat model's own evidence: its flags carry the suffix -l2
+            "eps": ["0.5"],
+            "acc": {"apgd-ce-l2@0.5": 0.50, "apgd-dlr-l2@0.5": 0.48},
+            "convergence": {"eps": "0.5", "robust": 0.45, "robust_with_strong_attack": 0.44, "attack": "apgd-ce-l2"},
+            "unbounded": {"eps": "4", "acc": 0.0, "chance": 0.1},
+            "blackbox": {"eps": "0.5", "examples": 0, "fraction": 0.0},
+        },
     }
 
 
@@ -46,6 +53,10 @@ FIRING = {
     "probability-outputs": lambda e: e["probability_outputs"].update(rows_are_probabilities=True),
     "unbounded-not-broken": lambda e: e["unbounded"].update(acc=0.5),
     "blackbox-beats-whitebox": lambda e: e["blackbox"].update(examples=20, fraction=0.05),
+    "ce-above-margin-l2": lambda e: e["l2"]["acc"].update({"apgd-ce-l2@0.5": 0.59, "apgd-dlr-l2@0.5": 0.30}),
+    "not-converged-l2": lambda e: e["l2"]["convergence"].update(robust_with_strong_attack=0.30),
+    "unbounded-not-broken-l2": lambda e: e["l2"]["unbounded"].update(acc=0.5),
+    "blackbox-beats-whitebox-l2": lambda e: e["l2"]["blackbox"].update(examples=20, fraction=0.05),
 }
 
 

@@ -30,6 +30,7 @@ NEUTRAL = {
     "train_subset": 0, "test_subset": 0, "sha256": "",  # data: the whole splits; not a user dataset
     "pretrained": None, "ensemble": [],  # pair: a teacher trained here, not loaded
     "gpu": None,  # a job on the CPU: no [gpu] settings
+    "eps_l2": [], "headline_eps_l2": None, "certify": None,  # eval: no L2 threat model, no certification
 }
 
 

@@ -24,3 +24,16 @@ def row_label(method: str, teacher_kind, role: str) -> str:
     if role == "external":  # a model evaluated with `kdbench evaluate` (external.py)
         return f"{method} [external]"
     return method if teacher_kind in (None, "standard") else f"{method} [{teacher_kind} teacher]"
+
+
+def eval_config(record: dict) -> dict:
+    """The evaluation settings a record was made with (a job's `config.eval`, an external record's protocol job's)."""
+    config = record.get("config") or {}
+    return config.get("eval") or (config.get("protocol_job") or {}).get("eval") or {}
+
+
+def headline_l2(records: list[dict]) -> float | None:
+    """The L2 headline radius most of the records were evaluated at (None: no record has an L2 threat model)."""
+    found = [eval_config(r).get("headline_eps_l2") for r in records]
+    found = [v for v in found if v is not None]
+    return max(set(found), key=found.count) if found else None

@@ -11,8 +11,9 @@ As for L-inf:
 - sanity evidence under `evidence["l2"]`: the accuracies (for `ce-above-margin-l2`), the convergence check at the
   headline radius (`not-converged-l2`: the strongest attack again at twice its steps with restarts), random noise of
   the headline radius (`noise-l2@<radius>`: NOISE_DRAWS uniformly random directions; with Square in L2, for
-  `blackbox-beats-whitebox-l2`), and the first white-box attack of the norm at half the image diagonal, where every
-  image reaches the constant grey one (`unbounded-not-broken-l2`: above chance there, the attack is not working).
+  `blackbox-beats-whitebox-l2`), and the white-box attacks of the norm, each on the examples the previous left, at
+  half the image diagonal, where every image reaches the constant grey one (`unbounded-not-broken-l2`: above
+  chance there, the attacks are not working); they start from the examples robust at the largest radius.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def _sanity(norm, x, y, num_classes, ev, seed, clean_ok, attacks, robust_ok, whi
     if white:
         far = math.sqrt(x[0].numel()) / 2  # every image in [0, 1] lies within this of the constant 0.5 one
         still = robust_ok[max(robust_ok)]
-        idx = torch.nonzero(still).flatten()
-        if len(idx):
-            still = still & attack(white[0], idx, far, ev, "unbounded")
-        ev_n["unbounded"] = {"eps": fmt_number(round(far, 6)), "attack": white[0],
+        for name in white:  # each on the examples the previous ones left, as the L-inf sweep
+            idx = torch.nonzero(still).flatten()
+            if len(idx):
+                still = still & attack(name, idx, far, ev, "unbounded")
+        ev_n["unbounded"] = {"eps": fmt_number(round(far, 6)), "attacks": white,
                              "acc": still.float().mean().item(), "chance": 1.0 / num_classes}

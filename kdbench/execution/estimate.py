@@ -203,9 +203,8 @@ def eval_grad_steps(ev, broken_at_first: bool = False) -> int:
         if ev.sanity and not broken_at_first:  # the strongest single attack (at most the costliest) again: 2x steps
             single = [ATTACKS.get(a).grad_steps(ev) for a in names if not ATTACKS.get(a).components]
             steps += STRONG_RESTARTS * 2 * max(single, default=0)
-            if norm == "l2":  # the unbounded check: the first white-box L2 attack at half the image diagonal
-                white = [a for a in names if ATTACKS.get(a).white_box]
-                steps += ATTACKS.get(white[0]).grad_steps(ev) if white else 0
+            if norm == "l2":  # the unbounded check: the white-box L2 attacks at half the image diagonal
+                steps += sum(ATTACKS.get(a).grad_steps(ev) for a in names if ATTACKS.get(a).white_box)
     extra = [e for e in ev.sweep_eps if e not in ev.eps and not (broken_at_first and e > min(ev.eps))]
     steps += len(extra) * (ev.pgd_steps + ev.apgd_steps)
     return steps + 1  # the input gradients (the masking evidence)

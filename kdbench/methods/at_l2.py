@@ -30,7 +30,6 @@ class ATL2(Distiller):
     bounds = {"eps": POSITIVE}
     teacher_kind = None
     uses_teacher_logits = False
-    baselines = ("ce", "at")
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)

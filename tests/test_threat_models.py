@@ -168,8 +168,8 @@ def test_the_dry_run_costs_the_l2_attacks_and_certification():
     linf = EvalConfig(attacks=("pgd",), eps=(0.1,), sweep_eps=(), pgd_steps=10, apgd_steps=20)
     both = dataclasses.replace(linf, attacks=("pgd", "apgd-ce-l2", "apgd-dlr-l2"), eps_l2=(0.5, 1.0),
                                headline_eps_l2=0.5)
-    # 2 attacks x 20 steps x 2 radii, the strongest again at 2x steps with 2 restarts, the unbounded check (2 x 20)
-    assert eval_grad_steps(both) - eval_grad_steps(linf) == 2 * 20 * 2 + 2 * 2 * 20 + 2 * 20
+    # 2 attacks x 20 steps x 2 radii, the strongest again at 2x steps with 2 restarts, the unbounded check (20)
+    assert eval_grad_steps(both) - eval_grad_steps(linf) == 2 * 20 * 2 + 2 * 2 * 20 + 20
     assert eval_forward_passes(both) - eval_forward_passes(linf) == NOISE_DRAWS
     cifar = load_suite("robustness-cifar10").eval
     no_cert = dataclasses.replace(cifar, certify=None)
@@ -289,3 +289,25 @@ def test_leaderboard_cards_and_plots_carry_l2_certified_and_calibration(tiny_l2)
     assert "robust-l2@0.25" not in card["per_attack"] and "apgd-ce-l2@0.25" in card["per_attack"]
     assert (folder / "plots" / "accuracy_vs_l2.png").stat().st_size > 1000
     assert (folder / "plots" / "reliability.png").stat().st_size > 1000
+
+
+def test_l2_attacks_and_at_l2_run_on_a_channels_last_colour_model():
+    """kdbench's CPU layout is channels-last; on images of 3 channels the input gradient then comes back in
+    channels-last strides, which torchattacks' PGDL2 cannot `.view` (models/input_grad.py gives it a contiguous one)."""
+    from kdbench.core.gpu import place
+    from kdbench.evaluation.attacks import ATTACKS, build_attack, run_attack
+    from kdbench.methods import METHODS, Batch, TrainContext
+    from kdbench.models.registry import ModelInput, build_model
+
+    torch.manual_seed(0)
+    model = place(build_model("cnn-small", ModelInput((3, 8, 8), 10, (0.5,) * 3, (0.25,) * 3)), torch.device("cpu"),
+                  None)
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    ev = EvalConfig(pgd_steps=2, apgd_steps=2, square_queries=4)
+    for name in (n for n in ATTACKS.names() if ATTACKS.get(n).norm == "l2" and not ATTACKS.get(n).components):
+        x_adv = run_attack(build_attack(name, model.eval(), 0.5, ev, 0, 10), x, y, 8, 0)
+        assert (x_adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5, name
+    d = METHODS.get("at-l2")(model, [], {"eps": 0.5}, TrainContext(10, (3, 8, 8), 1, 0.1, 2, 0.05))
+    d.train()
+    sum(d.losses(Batch(x, y)).values()).backward()  # a training step of the L2-trained baseline

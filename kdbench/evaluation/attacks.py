@@ -37,6 +37,7 @@ import torchattacks
 from torch import nn
 
 from ..core.registry import Registry
+from ..models.input_grad import ContiguousInputGrad
 from . import autoattack
 
 ATTACKS: Registry = Registry("attack")
@@ -63,7 +64,8 @@ def _pgd(model, eps, ev, seed, num_classes):
 
 
 def _pgd_l2(model, eps, ev, seed, num_classes):
-    return torchattacks.PGDL2(model, eps=eps, alpha=ev.pgd_step_ratio * eps, steps=ev.pgd_steps, random_start=True)
+    return torchattacks.PGDL2(ContiguousInputGrad(model), eps=eps, alpha=ev.pgd_step_ratio * eps, steps=ev.pgd_steps,
+                              random_start=True)
 
 
 def _apgd(loss, norm="linf"):

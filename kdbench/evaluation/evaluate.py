@@ -161,8 +161,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         whitebox_ok[eps], blackbox_ok[eps], robust_ok[eps] = wb, bb, worst
 
     timed("sweep", lambda: _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics))
-    other_norms: dict = {}  # the per-example worst case of the other threat models, and their flag evidence
-    details_norms: dict = {}
+    other_norms: dict = {}  # per-example masks of the other threat models (and of certification)
+    details_norms: dict = {}  # their flag evidence: which attack broke what, the convergence check, certification
     for norm in (n for n in NORMS if n != "linf"):
         evaluate_norm(norm, x, y, num_classes, ev, seed, clean_ok, zero_grad,
                       lambda n, i, eps, cfg, tag, broken_outside=False, parts=None, notes=None: _attack_subset(

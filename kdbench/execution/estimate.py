@@ -40,6 +40,7 @@ from ..core.gpu import place
 from ..evaluation.attacks import ATTACKS, attacks_of, build_attack
 from ..evaluation.evaluate import NOISE_DRAWS
 from ..evaluation.threat_model import NOISE_DRAWS as NOISE_DRAWS_L2
+from ..evaluation.threat_model import unbounded_attack
 from ..evaluation.worst_case import STRONG_RESTARTS
 from ..methods import METHODS, Batch, TrainContext
 from ..models.fold import fold_batch_norm
@@ -203,8 +204,8 @@ def eval_grad_steps(ev, broken_at_first: bool = False) -> int:
         if ev.sanity and not broken_at_first:  # the strongest single attack (at most the costliest) again: 2x steps
             single = [ATTACKS.get(a).grad_steps(ev) for a in names if not ATTACKS.get(a).components]
             steps += STRONG_RESTARTS * 2 * max(single, default=0)
-            if norm == "l2":  # the unbounded check: the white-box L2 attacks at half the image diagonal
-                steps += sum(ATTACKS.get(a).grad_steps(ev) for a in names if ATTACKS.get(a).white_box)
+            unbounded = unbounded_attack(names, norm) if norm != "linf" else None  # at half the image diagonal
+            steps += ATTACKS.get(unbounded).grad_steps(ev) if unbounded else 0
     extra = [e for e in ev.sweep_eps if e not in ev.eps and not (broken_at_first and e > min(ev.eps))]
     steps += len(extra) * (ev.pgd_steps + ev.apgd_steps)
     return steps + 1  # the input gradients (the masking evidence)

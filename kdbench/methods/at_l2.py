@@ -7,6 +7,7 @@ import torchattacks
 
 from ..core.bounds import POSITIVE
 from ..core.gpu import full_precision
+from ..models.input_grad import ContiguousInputGrad
 from .base import Batch, Distiller, register_method
 
 
@@ -34,7 +35,9 @@ class ATL2(Distiller):
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
         eps, steps = self.params["eps"], max(ctx.adv_steps, 1)
-        self.pgd = torchattacks.PGDL2(student, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+        # PGDL2 flattens the input gradient with .view: contiguous whatever the student's memory format
+        self.pgd = torchattacks.PGDL2(ContiguousInputGrad(student), eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                                      random_start=True)
 
     def losses(self, batch: Batch):
         with full_precision(batch.x):

@@ -149,7 +149,6 @@ def parse_eval(table) -> EvalConfig:
     at most their diagonal, is checked with the data: `check_l2_radii`.)"""
     ev = from_table(EvalConfig, table, "eval")
     check_names(ev.attacks, ATTACKS, "eval.attacks")
-    ev = _parse_l2(ev)
     check_names(ev.corruptions, CORRUPTIONS, "eval.corruptions")
     check_names(ev.noise_families, NOISE_FAMILIES, "eval.noise_families")
     for f in ev.noise_levels:
@@ -167,8 +166,7 @@ def parse_eval(table) -> EvalConfig:
     for key in ("pgd_steps", "apgd_steps", "square_queries", "batch_size"):
         if getattr(ev, key) < 1:
             raise KdbenchError(f"eval.{key} must be >= 1, got {getattr(ev, key)!r}")
-
-    return ev
+    return _parse_l2(ev)
 
 
 def _parse_l2(ev: EvalConfig) -> EvalConfig:
@@ -200,9 +198,7 @@ def _parse_l2(ev: EvalConfig) -> EvalConfig:
                 raise KdbenchError(f"eval.certify.{key} must be >= 1, got {getattr(c, key)!r}")
         if not 0.0 < c.alpha < 1.0:
             raise KdbenchError(f"eval.certify.alpha {c.alpha!r} is outside (0, 1)")
-        radii = c.radii or (0.0, *sorted(ev.eps_l2))
-        if len(radii) == 1 and not c.radii and not ev.eps_l2:
-            raise KdbenchError("eval.certify.radii names no radius (and eval.eps_l2 none to take them from)")
+        radii = c.radii or (0.0, *sorted(ev.eps_l2))  # radius 0: the smoothed classifier's accuracy
         for r in radii:
             if not r >= 0:
                 raise KdbenchError(f"eval.certify.radii: radius {r!r} must be >= 0")

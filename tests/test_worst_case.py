@@ -92,6 +92,7 @@ def test_the_committed_at_student_l2_worst_case_holds_against_a_strong_independe
     from conftest import ROOT
     from independent_attack import strong_robust_l2
 
+    from kdbench.core.gpu import place
     from kdbench.data.load import load_data
     from kdbench.models.registry import ModelInput, build_model
     from kdbench.records.students import verified_weights
@@ -108,7 +109,7 @@ def test_the_committed_at_student_l2_worst_case_holds_against_a_strong_independe
     data = load_data(job_from_config(record["config"], record["suite"]).data)
     model = build_model(record["student"]["arch"], ModelInput(data.shape, data.num_classes, data.mean, data.std))
     model.load_state_dict(torch.load(verified_weights(folder, record), weights_only=True))
-    model.eval().requires_grad_(False)
+    model = place(model, torch.device("cpu"), None).eval().requires_grad_(False)  # the layout of a job's student
     metrics, _, details = evaluate(model, data.x_test, data.y_test, 10, ev, seed=1, headline_eps=0.1)
     strong = strong_robust_l2(model, data.x_test, data.y_test, radius, steps=200, restarts=10, seed=0)
     ours = metrics[f"robust-l2@{radius:g}"]

@@ -36,13 +36,20 @@ ce = {}
 kd = {}
 
 [eval]
-attacks = ["fgsm", "pgd", "apgd-dlr"]
+attacks = ["fgsm", "pgd", "apgd-dlr", "apgd-ce-l2"]
 eps = [0.1]
+eps_l2 = [0.25]
 pgd_steps = 5
 apgd_steps = 5
 sweep_eps = [0.1, 0.5]
 corruptions = ["gaussian_noise", "contrast"]
 severities = [1, 5]
+
+[eval.certify]
+sigma = [0.25]
+n0 = 8
+n = 64
+alpha = 0.01
 """
 
 

@@ -85,7 +85,8 @@ def test_the_progress_line_says_why_and_workers_n_overrides(tmp_path, tiny_suite
 
 TRANSFER_SUITE = TINY_SUITE.replace("seeds = [1, 2]", "seeds = [1]").replace(
     "kd = {}", "kd = {}\nnoise-kd = {}\ndtkd = {}\nhierarchical = {}").replace(
-    'attacks = ["fgsm", "pgd", "apgd-dlr"]\neps = [0.1]', 'attacks = ["fgsm"]\neps = [0.1, 0.2]\ntransfer = true')
+    'attacks = ["fgsm", "pgd", "apgd-dlr", "apgd-ce-l2"]\neps = [0.1]', 'attacks = ["fgsm"]\neps = [0.1, 0.2]\ntransfer = true'
+).replace("eps_l2 = [0.25]\n", "").replace("[eval.certify]\nsigma = [0.25]\nn0 = 8\nn = 64\nalpha = 0.01\n", "")
 
 
 def test_transfer_examples_are_crafted_once_for_the_whole_run(tmp_path, tiny_run):

@@ -36,6 +36,13 @@ def clean_evidence():
         "blackbox": {"eps": "0.1", "examples": 0, "fraction": 0.0},
         "training": {"clean": 0.95, "chance": 0.103, "threshold": 0.153, "top_prediction_share": 0.11,
                      "loss_first_epoch": 1.1, "loss_last_epoch": 0.1, "epochs": 12},
+        "l2": {  # the L2 threat model's own evidence: its flags carry the suffix -l2
+            "eps": ["0.5"],
+            "acc": {"apgd-ce-l2@0.5": 0.50, "apgd-dlr-l2@0.5": 0.48},
+            "convergence": {"eps": "0.5", "robust": 0.45, "robust_with_strong_attack": 0.44, "attack": "apgd-ce-l2"},
+            "unbounded": {"eps": "4", "acc": 0.0, "chance": 0.1},
+            "blackbox": {"eps": "0.5", "examples": 0, "fraction": 0.0},
+        },
     }
 
 
@@ -49,6 +56,10 @@ FIRING = {
     "unbounded-not-broken": lambda e: e["unbounded"].update(acc=0.5),
     "blackbox-beats-whitebox": lambda e: e["blackbox"].update(examples=20, fraction=0.05),
     "training-failed": lambda e: e["training"].update(clean=0.12, top_prediction_share=0.95),
+    "ce-above-margin-l2": lambda e: e["l2"]["acc"].update({"apgd-ce-l2@0.5": 0.59, "apgd-dlr-l2@0.5": 0.30}),
+    "not-converged-l2": lambda e: e["l2"]["convergence"].update(robust_with_strong_attack=0.30),
+    "unbounded-not-broken-l2": lambda e: e["l2"]["unbounded"].update(acc=0.5),
+    "blackbox-beats-whitebox-l2": lambda e: e["l2"]["blackbox"].update(examples=20, fraction=0.05),
 }
 
 

@@ -150,7 +150,8 @@ def _check(tiny_checked, out):
 def test_records_keep_per_example_correctness_and_their_machine(tiny_run):
     for rec in tiny_run.records().values():
         masks = masks_of(rec)
-        assert set(masks) == {"clean", "robust@0.1"} and rec["examples"]["n"] == 359  # 20% of the 1797 digits
+        assert set(masks) == {"clean", "robust@0.1", "robust-l2@0.25", "certified-l2@0", "certified-l2@0.25"}
+        assert rec["examples"]["n"] == 359  # 20% of the 1797 digits
         for name, mask in masks.items():
             assert mask.mean() == pytest.approx(rec["metrics"][name], abs=1e-6)  # metrics are float32 means
         assert rec["env"]["cpu"]["model"] and rec["env"]["threads"] == 1 and "gpu" in rec["env"]

@@ -35,6 +35,7 @@ NEUTRAL = {
     "adv_warmup": 0.0,  # train: the inner attack at adv_eps from the first step (no eps warm-up)
     "teacher_train": None,  # a job whose teachers train with its own [train] (no per-method training settings)
     "plugins": [],  # every entry the job uses is kdbench's own (registry.plugin_ids)
+    "eps_l2": [], "headline_eps_l2": None, "certify": None,  # eval: no L2 threat model, no certification
 }
 
 

@@ -3,15 +3,18 @@ model>/<Model>.json` entries, written by the report step as a pure function of t
 
 A card says what the row's model is (dataset, threat model and eps, architecture, parameters and MACs), how it
 was made (teacher with its own clean and robust accuracy, method and hyper-parameters, training settings), what
-it scored (clean, worst case, each attack, transfer, corruptions, sanity flags, how much the convergence check
-lowered the worst case; mean, std and each seed, over the seeds that count: a seed whose training failed is
-listed in `failed_seeds` instead), what it cost (train and eval seconds, device, versions) and which weights
-these are (file and SHA-256 per seed).
+it scored (clean, worst case in each threat model, each attack, transfer, certified accuracy, corruptions,
+calibration, sanity flags, how much the convergence check lowered the worst case; mean, std and each seed, over
+the seeds that count: a seed whose training failed is listed in `failed_seeds` instead), what it cost (train and
+eval seconds, device, versions) and which weights these are (file and SHA-256 per seed).
 
 Accuracies are fractions in [0, 1] stored as numbers (RobustBench stores percent strings). The RobustBench key
 names are kept where they mean the same: `name`, `dataset`, `architecture`, `eps`, `clean_acc`,
 `additional_data`, `number_forward_passes`; `worst_case_acc` is the per-example worst case over every attack
-kdbench ran at the headline eps, and `autoattack_acc` appears when an AutoAttack metric is recorded.
+kdbench ran at the headline eps, and `autoattack_acc` appears when an AutoAttack metric is recorded. With an L2
+threat model, `threat_models` names both (norm -> headline radius) and `l2_worst_case_acc` is the L2 worst case at
+the L2 headline radius; `certified` holds the certified accuracies of randomized smoothing and `calibration` the
+ECE, NLL and Brier score (better lower) on clean data and under the corruptions.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import json
 import math
 import re
 
-from ..core.metric_names import at_eps
-from .rows import counted, group_key, row_label
+from ..core.metric_names import LOWER_IS_BETTER, at_eps, try_parse
+from .rows import counted, eval_config, group_key, row_label
 
 CARD_SCHEMA = 1
 CARDS_DIR = "cards"
@@ -81,8 +84,13 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
     headline = first.get("headline_eps")
     e = f"{headline:g}" if headline is not None else ""
     names = sorted({m for r in kept for m in r["metrics"]})
-    attacks = [m for m in names if "@" in m and not m.startswith(("robust@", "sweep@"))]
+    kinds = {m: (try_parse(m).kind if try_parse(m) else "") for m in names}
+    worst_kinds, not_attacks = ("robust", "robust-l2"), ("robust", "robust-l2", "sweep", "certified-l2")
+    attacks = [m for m in names if "@" in m and kinds[m] not in not_attacks]
     corruption = [m for m in names if m.startswith(("corruption/", "cifar-c/")) or m in ("mca", "relative_mca")]
+    calibration = [m for m in names if kinds[m] in LOWER_IS_BETTER]
+    h2 = eval_config(first).get("headline_eps_l2")
+    worst_l2 = _metric(kept, at_eps("robust-l2", h2)) if h2 is not None else None
     flags: dict[str, int] = {}
     for r in recs:
         for f in r["flags"]:
@@ -98,6 +106,7 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "dataset": first["dataset"],
         "threat_model": "Linf",
         "eps": headline,
+        **({"threat_models": {"Linf": headline, "L2": h2}} if h2 is not None else {}),
         "eps_scale": "[0, 1] pixel values",
         "architecture": first["student"]["arch"],
         "params": first["student"].get("params"),
@@ -116,10 +125,15 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "clean_acc": clean["mean"] if clean else None,
         "worst_case_acc": worst["mean"] if worst else None,
         **({"autoattack_acc": aa["mean"]} if aa else {}),
-        "metrics": {"clean": clean, at_eps("robust", e): worst},
+        **({"l2_worst_case_acc": worst_l2["mean"]} if worst_l2 else {}),
+        "metrics": {"clean": clean, at_eps("robust", e): worst,
+                    **({at_eps("robust-l2", h2): worst_l2} if worst_l2 else {})},
         "per_attack": {m: _metric(kept, m) for m in attacks},
-        "worst_case": {m: _metric(kept, m) for m in names if m.startswith("robust@")},
+        "worst_case": {m: _metric(kept, m) for m in names if kinds[m] in worst_kinds},
         "corruptions": {m: _metric(kept, m) for m in corruption},
+        "calibration": {m: _metric(kept, m) for m in calibration},
+        **({"certified": {m: _metric(kept, m) for m in names if kinds[m] == "certified-l2"},
+            "certify": eval_config(first).get("certify")} if any(kinds[m] == "certified-l2" for m in names) else {}),
         "flags": flags,
         "convergence_drop": _convergence_drop(kept),
         "compute": {

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.metric_names import at_eps, fmt_number
+from ..core.metric_names import at_eps, fmt_number, try_parse
 from ..records.store import atomic_write_text, load_records
 from ..stats.spread import mean_std
 from .cards import CARDS_DIR, build_cards, card_file
 from .deltas import baselines_of, delta_columns
-from .rows import GROUP, UNDER_TRAINED_BASELINE, UNDER_TRAINED_GAP, counted, group_key, row_label, under_trained
+from .rows import GROUP, UNDER_TRAINED_BASELINE, UNDER_TRAINED_GAP, counted, group_key, headline_l2, row_label, \
+    under_trained
 
 
 def summarize(records: list[dict]) -> pd.DataFrame:
@@ -123,14 +124,15 @@ def leaderboard_tables(summary: pd.DataFrame, headline_eps: float,
         teachers = summary[(summary["role"] == "teacher") & (summary["dataset"] == dataset)]
         teachers = teachers[teachers["arch"] == pair.split("->")[0]]
         student_dicts = [r.to_dict() for _, r in students.iterrows()]
+        compared = compared_metrics(summary, headline_eps, records or [])
         deltas, note = delta_columns(student_dicts, lambda row: by_key.get(tuple(row[c] for c in GROUP), []),
-                                     at_eps("robust", e))
+                                     compared)
         rows = []
         for rank, r in enumerate(student_dicts, start=1):
-            rows.append(_table_row(str(rank), r, {c: v[rank - 1] for c, v in deltas.items()}, e))
+            rows.append(_table_row(str(rank), r, {c: v[rank - 1] for c, v in deltas.items()}, e, compared))
         teacher_dicts = [r.to_dict() for _, r in teachers.iterrows()]
         for r in teacher_dicts:
-            rows.append(_table_row("ref", r, {c: "" for c in deltas}, e))
+            rows.append(_table_row("ref", r, {c: "" for c in deltas}, e, compared))
         table = pd.DataFrame(rows)
         table.attrs["note"] = note
         failed = [(r["label"], rec) for r in student_dicts + teacher_dicts
@@ -151,16 +153,41 @@ def _left_out(failed: list[tuple[str, dict]], e: str) -> str:
             f"(training-failed: clean accuracy at chance; the record keeps the evidence): {seeds}.")
 
 
-def _table_row(rank: str, r: dict, deltas: dict, e: str) -> dict:
+def compared_metrics(summary: pd.DataFrame, headline_eps: float, records: list[dict]) -> list[tuple[str, str]]:
+    """The metrics a table shows with difference columns, as (metric, tag) for deltas.delta_columns: the L-inf
+    worst case at the headline eps; where the records have them, the L2 worst case at the L2 headline radius
+    (tag "l2"), the certified accuracy (tag "cert"; at the L2 headline radius, else the smallest positive
+    certified radius) and the ECE (tag "ece")."""
+    out = [(at_eps("robust", headline_eps), "")]
+    h2 = headline_l2(records)
+    if h2 is not None and at_eps("robust-l2", h2) + ":mean" in summary:
+        out.append((at_eps("robust-l2", h2), "l2"))
+    certified = sorted(n.eps for n in (try_parse(c.removesuffix(":mean")) for c in summary.columns
+                                       if c.startswith("certified-l2@") and c.endswith(":mean")) if n is not None)
+    if certified:
+        r = h2 if h2 in certified else next((c for c in certified if c > 0), certified[-1])
+        out.append((at_eps("certified-l2", r), "cert"))
+    if "ece:mean" in summary:
+        out.append(("ece", "ece"))
+    return out
+
+
+def _table_row(rank: str, r: dict, deltas: dict, e: str, compared: list[tuple[str, str]]) -> dict:
+    def with_deltas(metric, tag):
+        return {metric: _cell(r, metric), **{c: v for c, v in deltas.items()
+                                             if c.startswith(f"Δ {tag} vs " if tag else "Δ vs ")}}
+
+    robust = [with_deltas(m, t) for m, t in compared if t != "ece"]
+    calibration = [with_deltas(m, t) for m, t in compared if t == "ece"]
     return {
         "rank": rank,
         "method": r["label"],
-        at_eps("robust", e): _cell(r, at_eps("robust", e)),
-        **deltas,
+        **{k: v for cells in robust for k, v in cells.items()},
         "clean": _cell(r, "clean"),
         at_eps("pgd", e): _cell(r, at_eps("pgd", e)),
         at_eps("apgd-dlr", e): _cell(r, at_eps("apgd-dlr", e)),
         "mca": _cell(r, "mca"),
+        **{k: v for cells in calibration for k, v in cells.items()},
         "params": f"{int(r['model_params']):,}",
         "epochs": r.get("epochs", ""),
         "seeds": _seeds(r),
@@ -193,12 +220,15 @@ def intro(headline_eps: float) -> str:
             "seed). 'Δ vs <baseline>' is the paired difference in robust accuracy to the baseline rows a method is "
             "compared with (ce: the student without a teacher; at: adversarial training without a teacher), in "
             "points, on the seeds both rows have; where those are not all of both rows' seeds, the cell gives "
-            "their number and the two rows' means over them. Each table's note names the test. 'ref' rows are the "
-            "teachers; 'epochs' is the training budget of a row's models. A seed whose student did not learn "
-            "(flag training-failed) is left out of its row's means and Δ and listed under the table. Flags: "
-            "sanity checks that distrust a number (fired on n of the seeds); under-trained: the row's clean "
-            f"accuracy is more than {100 * UNDER_TRAINED_GAP:g} points below ce's (over the seeds both have). See "
-            "the README.")
+            "their number and the two rows' means over them. Each table's note names the test. Where the suite has "
+            "them: robust-l2@<r>, the worst case in the L2 norm at radius r (the students are trained at the L-inf "
+            "settings), with 'Δ l2'; certified-l2@<r>, the certified accuracy of the randomized-smoothing "
+            "classifier, with 'Δ cert'; and ece, the expected calibration error on clean data in % (lower is "
+            "better), with 'Δ ece'. 'ref' rows are the teachers; 'epochs' is the training budget of a row's "
+            "models. A seed whose student did not learn (flag training-failed) is left out of its row's means and "
+            "Δ and listed under the table. Flags: sanity checks that distrust a number (fired on n of the seeds); "
+            f"under-trained: the row's clean accuracy is more than {100 * UNDER_TRAINED_GAP:g} points below ce's "
+            "(over the seeds both have). See the README.")
 
 
 def leaderboard_markdown(summary: pd.DataFrame, suite: str, headline_eps: float, records=None) -> str:
@@ -272,7 +302,7 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
     (out / STAMP).unlink(missing_ok=True)  # a run killed below leaves no stamp, so the next one rebuilds
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "leaderboard.md", leaderboard_markdown(summary, suite, headline_eps, records))
-    written = plots.write_plots(summary, out / "plots", headline_eps)
+    written = plots.write_plots(summary, out / "plots", headline_eps, records)
     page = leaderboard_html(leaderboard_tables(summary, headline_eps, records), suite, intro(headline_eps), written)
     atomic_write_text(out / "leaderboard.html", page)
     cards = write_cards(out, records, suite)

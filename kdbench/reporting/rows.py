@@ -61,3 +61,16 @@ def under_trained(records: list[dict], baseline: list[dict]) -> tuple[float, flo
                                                                                               list(base.values()))
     a, b = mean_std(mine)[0], mean_std(theirs)[0]
     return (a, b, len(common)) if b - a > UNDER_TRAINED_GAP else None
+
+
+def eval_config(record: dict) -> dict:
+    """The evaluation settings a record was made with (a job's `config.eval`, an external record's protocol job's)."""
+    config = record.get("config") or {}
+    return config.get("eval") or (config.get("protocol_job") or {}).get("eval") or {}
+
+
+def headline_l2(records: list[dict]) -> float | None:
+    """The L2 headline radius most of the records were evaluated at (None: no record has an L2 threat model)."""
+    found = [eval_config(r).get("headline_eps_l2") for r in records]
+    found = [v for v in found if v is not None]
+    return max(set(found), key=found.count) if found else None

@@ -35,6 +35,7 @@ from .configs import (
     TrainConfig,
     check_eps,
     check_executor,
+    check_l2_radii,
     parse_check,
     parse_eval,
     parse_train,
@@ -187,6 +188,10 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
 
     train = parse_train(doc.get("train"))
     ev = parse_eval(doc.get("eval"))
+    if ev.eps_l2 or ev.certify is not None:  # an L2 radius must fit the images: at most their diagonal
+        from ..data.load import image_shape
+
+        check_l2_radii(ev, image_shape(data))
     headline = doc.get("headline_eps", 0.1 if 0.1 in ev.eps else ev.eps[len(ev.eps) // 2])
     if isinstance(headline, bool) or not isinstance(headline, (int, float)):
         raise KdbenchError(f"headline_eps must be a number, got {headline!r}")

@@ -2,7 +2,8 @@
 console script).
 
 Bad input is one line on stderr and exit code 2; nothing is written before the input is validated. The arguments
-are in cli_args.py, the commands in cli_run.py and cli_results.py.
+are in cli/args.py, the commands in cli/run.py and cli/results.py. Installed plugins (the `kdbench.plugins` entry
+points) and those given with `--plugin` are imported first, once kdbench itself is (core/plugins.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from .cli.args import build_parser
 from .cli.results import cmd_check, cmd_evaluate, cmd_export, cmd_leaderboard, cmd_list
 from .cli.run import cmd_reproduce, cmd_run
 from .core.errors import KdbenchError
+from .core.plugins import load_all
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_all(getattr(args, "plugins", []))
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard,
                 "reproduce": cmd_reproduce, "check": cmd_check, "evaluate": cmd_evaluate,
                 "export": cmd_export}[args.command](args)

@@ -36,13 +36,20 @@ ce = {}
 kd = {}
 
 [eval]
-attacks = ["fgsm", "pgd", "apgd-dlr"]
+attacks = ["fgsm", "pgd", "apgd-dlr", "apgd-ce-l2"]
 eps = [0.1]
+eps_l2 = [0.25]
 pgd_steps = 5
 apgd_steps = 5
 sweep_eps = [0.1, 0.5]
 corruptions = ["gaussian_noise", "contrast"]
 severities = [1, 5]
+
+[eval.certify]
+sigma = [0.25]
+n0 = 8
+n = 64
+alpha = 0.01
 """
 
 
@@ -211,3 +218,19 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def plugin_sandbox():
+    """Plugins a test imports are forgotten after it: every registry, the loaded plugins and their modules as
+    they were (a plugin imported in this process stays registered otherwise)."""
+    from kdbench.core import plugins, registry
+
+    saved, loaded, modules = registry.snapshot(), dict(plugins._LOADED), set(sys.modules)
+    yield
+    registry.restore(saved)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+    for name in set(sys.modules) - modules:
+        if name.startswith(("kdbench_plugin_", "kdbench_test_")):
+            sys.modules.pop(name, None)

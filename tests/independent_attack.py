@@ -1,4 +1,4 @@
-"""An L-inf attack written from plain torch, independent of torchattacks and of kdbench's attack code, to check
+"""L-inf and L2 attacks written from plain torch, independent of torchattacks and of kdbench's attack code, to check
 kdbench's worst case against: PGD with random restarts on three losses (cross-entropy, the Carlini-Wagner
 margin, and cross-entropy on logits divided by their largest magnitude, which undoes softmax saturation);
 an example counts as robust only if it survives every loss and every restart."""
@@ -55,6 +55,51 @@ def strong_robust(model, x, y, eps, steps=200, restarts=10, seed=0, losses=tuple
                     (grad,) = torch.autograd.grad(loss, xa)
                 broken |= (z.argmax(1) != y0).detach()
                 xa = torch.min(torch.max(xa.detach() + step * grad.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+            broken |= ~_correct(model, xa, y0)
+            ok[idx] = ~broken
+    return ok
+
+
+def _l2_normalise(v):
+    return v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
+def _project_l2(xa, x0, eps):
+    """Onto the L2 ball of radius eps around x0, then into [0, 1] (clipping moves every coordinate towards x0's
+    box, so the result stays inside the ball)."""
+    delta = xa - x0
+    norms = delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.dim() - 1)))
+    delta = delta * torch.clamp(eps / norms.clamp_min(1e-12), max=1.0)
+    return (x0 + delta).clamp(0, 1)
+
+
+def strong_robust_l2(model, x, y, eps, steps=200, restarts=10, seed=0, losses=tuple(LOSSES)) -> torch.Tensor:
+    """The L2 counterpart of `strong_robust`: PGD steps along the L2-normalised gradient (step size eps/2 decayed to
+    eps/20 over the run), projected onto the L2 ball of radius eps and into [0, 1]; each restart starts at a
+    uniformly random direction at a uniformly random fraction of eps. An example is robust only if it survives every
+    loss and every restart."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    ok = _correct(model, x, y)
+    for name in losses:
+        loss_fn = LOSSES[name]
+        for _ in range(restarts):
+            idx = torch.nonzero(ok).flatten()
+            if not len(idx):
+                return ok
+            x0, y0 = x[idx], y[idx]
+            direction = _l2_normalise(torch.randn(x0.shape, generator=g, device=x.device))
+            radius = torch.rand(len(idx), generator=g, device=x.device).view(-1, *([1] * (x0.dim() - 1)))
+            xa = _project_l2(x0 + direction * radius * eps, x0, eps)
+            broken = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
+            for t in range(steps):
+                step = eps / 2 * (0.1 ** (t / max(steps - 1, 1)))
+                xa.requires_grad_(True)
+                with torch.enable_grad():
+                    z = model(xa)
+                    loss = loss_fn(z, y0).sum()
+                    (grad,) = torch.autograd.grad(loss, xa)
+                broken |= (z.argmax(1) != y0).detach()
+                xa = _project_l2(xa.detach() + step * _l2_normalise(grad), x0, eps)
             broken |= ~_correct(model, xa, y0)
             ok[idx] = ~broken
     return ok

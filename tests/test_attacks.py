@@ -1,4 +1,5 @@
-"""Every registered attack stays within eps and [0, 1], and lowers the accuracy of an undefended toy model."""
+"""Every registered attack stays within eps (in its norm) and [0, 1], and lowers the accuracy of an undefended toy
+model."""
 
 import pytest
 import torch
@@ -8,7 +9,13 @@ from kdbench.suite.configs import EvalConfig
 from kdbench.training.loop import predict_logits
 
 EPS = 0.1
+EPS_OF_NORM = {"linf": EPS, "l2": 1.0}  # an L2 radius at which the undefended digits CNN falls to near chance
 FAST = EvalConfig(pgd_steps=10, apgd_steps=10, square_queries=200)
+
+
+def distance(x_adv, x, norm):
+    d = (x_adv - x).flatten(1)
+    return (d.abs().amax(1) if norm == "linf" else d.norm(dim=1)).max().item()
 
 
 @pytest.fixture(scope="module")
@@ -22,38 +29,57 @@ def accuracy(model, x, y):
     return (predict_logits(model, x).argmax(1) == y).float().mean().item()
 
 
-@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if n != "autoattack"])
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if not ATTACKS.get(n).components])
 def test_attack_is_bounded_and_effective(toy, name):
     model, x, y = toy
     clean = accuracy(model, x, y)
     assert clean > 0.85
-    atk = build_attack(name, model, EPS, FAST, seed=1, num_classes=10)
+    norm = ATTACKS.get(name).norm
+    eps = EPS_OF_NORM[norm]
+    atk = build_attack(name, model, eps, FAST, seed=1, num_classes=10)
     x_adv = run_attack(atk, x, y, 64, seed=1)
     assert x_adv.shape == x.shape
-    assert (x_adv - x).abs().max().item() <= EPS + 1e-6
+    assert distance(x_adv, x, norm) <= eps * (1 + 1e-5)
     assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
     assert accuracy(model, x_adv, y) < clean - 0.05
     assert not model.training  # attacks leave the model in eval mode
 
 
+# fra31/auto-attack, autoattack.py: AutoAttack.__init__ builds APGD (rho .75, eot_iter 1), FAB, Square (p_init .8,
+# resc_schedule=False) and APGD-T; set_version('standard') then sets, for norm 'Linf' and 'L2' alike: attacks
+# apgd-ce, apgd-t, fab-t, square; apgd.n_restarts 1, apgd_targeted.n_target_classes 9 and n_restarts 1,
+# fab.n_restarts 1 and n_target_classes 9, square.n_queries 5000; n_iter 100 everywhere (FAB's alpha_max 0.1,
+# eta 1.05, beta 0.9: fab_base.py's defaults).
+REFERENCE_STANDARD = {
+    "apgd-ce": {"steps": 100, "n_restarts": 1, "thr_decr": 0.75, "eot_iter": 1, "loss": "ce"},  # thr_decr: rho
+    "apgd-t": {"steps": 100, "n_restarts": 1, "thr_decr": 0.75, "eot_iter": 1},
+    "fab-t": {"steps": 100, "n_restarts": 1, "multi_targeted": True, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
+    "square": {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin", "rescale_schedule": False},
+}
+
+
+@pytest.mark.parametrize("attack,norm,eps", [("autoattack", "Linf", 8 / 255), ("autoattack-l2", "L2", 0.5)])
 @pytest.mark.parametrize("num_classes,targets", [(10, 9), (100, 9), (5, 4)])
-def test_autoattack_components_are_the_references(toy, num_classes, targets):
-    """fra31/auto-attack, version "standard", L-inf: APGD-CE (100 steps, 1 restart), APGD-T (targeted DLR, 100
-    steps, 1 restart, 9 targets), FAB-T (100 steps, 1 restart, 9 targets), Square (5000 queries, 1 restart), in
-    that order; n_classes - 1 targets when there are fewer than 10 classes."""
+def test_autoattack_components_are_the_references(toy, attack, norm, eps, num_classes, targets):
+    """fra31/auto-attack, version "standard", in L-inf and in L2 (the same components and settings): APGD-CE
+    (100 steps, 1 restart), APGD-T (targeted DLR, 100 steps, 1 restart, 9 targets), FAB-T (100 steps, 1 restart,
+    9 targets), Square (5000 queries, 1 restart, the reference's unrescaled p schedule), in that order;
+    n_classes - 1 targets when there are fewer than 10 classes."""
     import torchattacks
 
     model = toy[0]
-    comps = ATTACKS.get("autoattack").components
-    assert [c.name for c in comps] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    a, t, f, sq = (c.build(model, 8 / 255, 0, num_classes) for c in comps)
-    assert type(a) is torchattacks.APGD and a.loss == "ce" and a.steps == 100 and a.n_restarts == 1
-    assert type(t) is torchattacks.APGDT and t.steps == 100 and t.n_restarts == 1 and t.n_target_classes == targets
-    assert type(f) is torchattacks.FAB and f.multi_targeted and f.steps == 100 and f.n_restarts == 1
-    assert f.n_target_classes == targets
-    assert type(sq) is torchattacks.Square and sq.n_queries == 5000 and sq.n_restarts == 1 and sq.loss == "margin"
-    assert sq.p_init == 0.8
-    assert all(x.eps == 8 / 255 and x.norm == "Linf" for x in (a, t, f, sq))
+    comps = ATTACKS.get(attack).components
+    assert ATTACKS.get(attack).norm == norm.lower()
+    assert [c.name for c in comps] == list(REFERENCE_STANDARD)
+    built = dict(zip(REFERENCE_STANDARD, (c.build(model, eps, 0, num_classes) for c in comps)))
+    classes = {"apgd-ce": torchattacks.APGD, "apgd-t": torchattacks.APGDT, "fab-t": torchattacks.FAB,
+               "square": torchattacks.Square}
+    for name, settings in REFERENCE_STANDARD.items():
+        atk = built[name]
+        assert type(atk) is classes[name], name
+        assert {k: getattr(atk, k) for k in settings} == settings, name
+        assert atk.eps == eps and atk.norm == norm, name
+    assert built["apgd-t"].n_target_classes == targets and built["fab-t"].n_target_classes == targets
     assert [c.min_classes for c in comps] == [2, 4, 2, 2]
 
 

@@ -22,12 +22,15 @@ def test_a_pass_is_timed_as_its_fastest_repeat():
 
 
 def test_attack_steps_lie_between_their_bounds():
-    ev = load_suite("robustness").eval  # 3 eps, a sweep beyond them, sanity checks
+    ev = load_suite("robustness").eval  # 3 eps, a sweep beyond them, sanity checks; 2 L2 radii
     upper, lower = estimate.eval_grad_steps(ev), estimate.eval_grad_steps(ev, broken_at_first=True)
     per_eps = 1 + ev.pgd_steps + 2 * ev.apgd_steps  # fgsm, pgd, apgd-ce, apgd-dlr
     convergence = 2 * 2 * ev.apgd_steps  # the costliest single attack again, 2x its steps, 2 restarts
-    assert upper - lower == 2 * per_eps + 3 * (ev.pgd_steps + ev.apgd_steps) + convergence  # 2 more eps, 3 sweep-only
-    one = dataclasses.replace(ev, eps=(0.1,), sweep_eps=(0.1,), sanity=False)  # one eps, no sweep beyond, no check
+    # L2: apgd-ce-l2 and apgd-dlr-l2 at 1 more radius, their convergence check, the unbounded check (apgd-dlr-l2)
+    assert ev.eps_l2 == (0.5, 1.0)
+    l2 = 2 * ev.apgd_steps + convergence + ev.apgd_steps
+    assert upper - lower == 2 * per_eps + 3 * (ev.pgd_steps + ev.apgd_steps) + convergence + l2  # 2 more eps, 3 sweep-only
+    one = dataclasses.replace(ev, eps=(0.1,), sweep_eps=(0.1,), eps_l2=(0.5,), sanity=False)  # one eps and radius
     assert estimate.eval_grad_steps(one) == estimate.eval_grad_steps(one, broken_at_first=True)
 
 

@@ -2,7 +2,9 @@
 
 Every module of kdbench/ lives in a stage folder (the package's own __init__ and __main__ aside). An import goes
 to the same stage or an earlier one, never a later one, and no chain of imports (those inside functions too)
-comes back to where it started. No module is longer than MAX_LINES.
+comes back to where it started. No module is longer than MAX_LINES. The package's face, kdbench/__init__.py, is
+its public surface: it comes after every stage (it imports the public names from them, and the Python API of
+`api/`), and no module of kdbench imports it.
 """
 
 import ast
@@ -11,8 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "kdbench"
 # the pipeline, from what everything shares to what the user types
 STAGES = ["core", "data", "models", "methods", "training", "evaluation", "records", "stats", "suite", "execution",
-          "reporting", "cli"]
-TOP = ("", "__main__")  # kdbench/__init__.py (the version) and kdbench/__main__.py (python -m kdbench)
+          "reporting", "cli", "api"]
+TOP = ("", "__main__")  # kdbench/__init__.py (the public face) and kdbench/__main__.py (python -m kdbench)
 MAX_LINES = 400
 
 
@@ -27,7 +29,7 @@ def _modules() -> dict[str, tuple[Path, bool]]:
 
 def _imports(name: str, path: Path, is_pkg: bool, modules) -> set[str]:
     """The kdbench modules `name` imports (a `from package import module` counts as the module)."""
-    package = name.split(".") if is_pkg else name.split(".")[:-1]
+    package = (name.split(".") if is_pkg else name.split(".")[:-1]) if name else []
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
@@ -52,9 +54,9 @@ def _graph():
 
 
 def _stage(name: str) -> int:
-    """Position in the pipeline: kdbench/__init__.py (only the version) comes first, __main__ last."""
+    """Position in the pipeline: the face (kdbench/__init__.py) and __main__ come after every stage."""
     if name in TOP:
-        return -1 if name == "" else len(STAGES)
+        return len(STAGES)
     return STAGES.index(name.split(".")[0])
 
 
@@ -71,6 +73,15 @@ def test_no_import_goes_against_the_stage_order():
     upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
                     if a.split(".")[0] in STAGES + list(TOP) and _stage(b) > _stage(a))
     assert not upward, "imports of a later stage:\n" + "\n".join(upward)
+
+
+def test_nothing_imports_the_face():
+    """Plugins import the face (`from kdbench import ...`); kdbench's own modules never do, so the face can import
+    every stage without a circle, and a plugin imported after it finds it complete."""
+    _, graph = _graph()
+    users = sorted(a for a, targets in graph.items() if "" in targets)
+    assert not users, f"modules importing kdbench/__init__.py: {users}"
+    assert {"methods.base", "api.python_api", "api.register", "core.registry"} <= graph[""]
 
 
 def test_no_import_circles():

@@ -288,3 +288,104 @@ def test_error_bars_stop_at_the_limits_of_an_accuracy():
 
     lower, upper = _bars([99.8, 50.0, 1.0], [0.5, 10.0, 3.0])
     assert lower == pytest.approx([0.5, 10.0, 1.0]) and upper == pytest.approx([0.2, 10.0, 3.0])
+    assert _bars([80.0, 70.0], [float("nan")] * 2) is None  # one seed: no spread is drawn
+    lower, upper = _bars([80.0, 70.0], [float("nan"), 4.0])  # a line whose first point has one seed
+    assert lower == [0.0, 4.0] and upper == [0.0, 4.0]
+
+
+def test_one_seed_shows_no_spread(results):
+    """summary.csv leaves the std of a one-seed row empty (NaN): one seed measures no spread."""
+    import pandas as pd
+
+    assert run_cli("leaderboard", "--suite", "robustness", "--results", results).returncode == 0
+    summary = pd.read_csv(results / "robustness" / "summary.csv")
+    one = summary[summary["seeds"] == 1]
+    assert len(one) == 3 and one["robust@0.1:std"].isna().all() and one["clean:std"].isna().all()  # the teachers
+    assert summary.loc[summary["seeds"] > 1, "robust@0.1:std"].notna().all()
+
+
+def _table(md: str) -> dict:
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {row[1]: dict(zip(header, row)) for row in ([c.strip() for c in line.strip("|").split("|")]
+                                                        for line in lines[1:])}
+
+
+def test_a_student_that_failed_to_train_is_flagged_and_left_out(tmp_path, tiny_run):
+    """ce at lr 1.0 collapses to a near-constant prediction (clean at chance): its record carries training-failed
+    in place of the masking flags it fires, and the leaderboard leaves the seed out of ce's mean and of kd's Δ
+    against it, with the count shown."""
+    import pandas as pd
+
+    from conftest import TINY_SUITE
+    from kdbench.evaluation.sanity import ATTACK_FLAGS
+
+    out = tiny_run.copy_to(tmp_path / "tiny", keep=lambda r: not (r["method"] == "ce" and r["seed"] == 2))
+    suite = tmp_path / "collapse.toml"
+    suite.write_text(TINY_SUITE.replace("ce = {}", "ce = { train = { lr = 1.0 } }"))
+    proc = run_cli("run", "--suite", suite, "--methods", "ce", "--seeds", "2", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    by = {(r["method"], r["seed"]): r for r in records}
+    failed, ce1 = by["ce", 2], by["ce", 1]
+    evidence = failed["flag_evidence"]["training-failed"]
+    assert failed["flags"][0] == "training-failed" and not set(failed["flags"]) & set(ATTACK_FLAGS)
+    assert failed["metrics"]["clean"] <= evidence["threshold"] < 0.2 and evidence["superseded"]
+    assert evidence["loss_last_epoch"] == sum(failed["train_history"][-1].values())
+    assert len(failed["train_history"]) == 2 and "training-failed" not in ce1["flags"]  # every epoch kept
+
+    md = (out / "leaderboard.md").read_text()
+    rows = _table(md)
+    robust = {k: 100 * r["metrics"]["robust@0.1"] for k, r in by.items() if r["role"] == "student"}
+    assert rows["ce"]["robust@0.1"] == f"{robust['ce', 1]:.1f}"  # seed 1 alone: no spread, seed 2 left out
+    assert rows["ce"]["seeds"] == "1 (+1 failed)" and "training-failed(1/2)" in rows["ce"]["flags"]
+    kd = (robust["kd", 1] + robust["kd", 2]) / 2
+    assert rows["kd"]["robust@0.1"].startswith(f"{kd:.1f} ± ") and rows["kd"]["seeds"] == "2"
+    # kd's Δ is on seed 1 alone (McNemar on its examples), with both rows' means over it
+    assert rows["kd"]["Δ vs ce"].startswith(f"{robust['kd', 1] - robust['ce', 1]:+.1f} [")
+    assert rows["kd"]["Δ vs ce"].endswith(f"(1 seed: {robust['kd', 1]:.1f} vs {robust['ce', 1]:.1f})")
+    assert "Left out of their rows' means and Δ, 1 seed(s)" in md and "ce seed 2 (clean " in md
+    summary = pd.read_csv(out / "summary.csv", dtype={"failed_seeds": str})
+    ce = summary[summary["method"] == "ce"].iloc[0]
+    assert ce["seeds"] == 1 and ce["failed_seeds"] == "2" and pd.isna(ce["robust@0.1:std"])
+    card = json.loads((out / rows["ce"]["card"][len("[card]("):-1]).read_text())
+    assert card["seeds"] == [1] and [f["seed"] for f in card["failed_seeds"]] == [2]
+    assert card["metrics"]["clean"]["per_seed"] == {"1": ce1["metrics"]["clean"]}
+
+
+def _record(method: str, seed: int, clean: float, robust: float = 0.5, epochs: int = 12) -> dict:
+    return {"dataset": "digits", "pair": "a->b", "role": "student", "method": method, "teacher_kind": None,
+            "method_params": {}, "seed": seed, "student": {"arch": "b", "params": 10}, "flags": [],
+            "metrics": {"clean": clean, "robust@0.1": robust}, "headline_eps": 0.1, "job_id": f"{method}{seed}",
+            "config": {"train": {"epochs": epochs}}}
+
+
+def test_a_row_more_than_5_points_below_ce_in_clean_accuracy_is_under_trained():
+    """Judged over the seeds both rows have: ce's seeds 4 and 5 (clean 50 %) do not count against `slow`, which
+    has seeds 1-3 only; 4.9 points below ce is not under-trained, 5.1 is."""
+    from kdbench.reporting.report import leaderboard_tables, summarize
+
+    records = [_record("ce", s, 0.99 if s <= 3 else 0.50) for s in range(1, 6)]
+    records += [_record("kd", s, 0.941) for s in (1, 2, 3)]  # 4.9 points below ce on seeds 1-3
+    records += [_record("dkd", s, 0.939, epochs=40) for s in (1, 2, 3)]  # 5.1 points below
+    summary = summarize(records)
+    flagged = dict(zip(summary["method"], summary["under_trained"]))
+    assert flagged == {"ce": "", "kd": "", "dkd": "clean 93.9 vs ce 99.0 on 3 common seeds"}
+    (_, table), = leaderboard_tables(summary, 0.1, records)
+    rows = {r["method"]: r for _, r in table.iterrows()}
+    assert rows["dkd"]["flags"] == "under-trained(clean 93.9 vs ce 99.0 on 3 common seeds)"
+    assert rows["kd"]["flags"] == "" and rows["dkd"]["epochs"] == "40" and rows["kd"]["epochs"] == "12"
+
+
+def test_a_row_whose_every_seed_failed_to_train_stays_in_the_reports(tmp_path):
+    """No seed of `kd` counts: its row shows no numbers, 0 seeds (+2 failed), and every report is still built."""
+    from kdbench.reporting.report import write_reports
+
+    records = [_record("ce", s, 0.99) for s in (1, 2)]
+    records += [dict(_record("kd", s, 0.10, robust=0.10), flags=["training-failed"]) for s in (1, 2)]
+    rep = write_reports(tmp_path, "s", 0.1, records)
+    assert rep["rebuilt"] and (tmp_path / "plots" / "robust_vs_clean.png").is_file()
+    rows = _table((tmp_path / "leaderboard.md").read_text())
+    assert rows["kd"]["robust@0.1"] == rows["kd"]["clean"] == "–" and rows["kd"]["seeds"] == "0 (+2 failed)"
+    assert rows["kd"]["Δ vs ce"] == "" and rows["ce"]["robust@0.1"] == "50.0 ± 0.0"
+    assert "kd seed 1 (clean 10.0, robust@0.1 10.0); kd seed 2" in (tmp_path / "leaderboard.md").read_text()

@@ -374,8 +374,9 @@ class Recorder:
     def __init__(self, x_adv):
         self.x_adv, self.calls = x_adv, []
 
-    def __call__(self, x, target):
+    def __call__(self, x, target, progress=1.0):
         self.calls.append((x, target))
+        self.progress = progress
         return self.x_adv
 
 
@@ -405,7 +406,8 @@ def test_ard_defaults_are_the_papers(monkeypatch):
     x, y, student, teacher = fixed_pair()
     x_adv = (x + 0.03).clamp(0, 1)
     t = teacher(x)
-    assert METHODS.get("ard").defaults == {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean"}
+    assert METHODS.get("ard").defaults == {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean",
+                                           "attack_mode": "train"}
     d = make("ard", student, [teacher])  # defaults: T = 30, alpha = 1 -> no CE term
     rec = Recorder(x_adv)
     monkeypatch.setattr(d, "perturb", rec)
@@ -416,44 +418,14 @@ def test_ard_defaults_are_the_papers(monkeypatch):
     assert out["kd_adv"].item() == pytest.approx(hinton_kd(student(x_adv), t, 30.0).item(), rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["ard", "ard-kl", "rslad"])
-def test_kl_reduction_mean_is_the_reference_codes_scale(monkeypatch, name):
-    """"mean" averages over batch x classes (the reference codes' KLDivLoss): 1/C of the batch mean."""
-    x, y, student, teacher = fixed_pair()  # C = 3 classes
-    x_adv = (x - 0.02).clamp(0, 1)
-    t = teacher(x)
-    outs = {}
-    for red in ("batchmean", "mean"):
-        d = make(name, student, [teacher], kl_reduction=red)
-        monkeypatch.setattr(d, "perturb", Recorder(x_adv))
-        outs[red] = d.losses(Batch(x, y, [t]))
-    for key in outs["mean"]:
-        assert outs["mean"][key].item() == pytest.approx(outs["batchmean"][key].item() / 3, rel=1e-5)
-
-
-def test_kl_reduction_is_checked_when_the_suite_is_read():
+def test_kl_reduction_and_attack_mode_are_checked_when_the_suite_is_read():
+    # their reference settings, and the mode and scale they give: test_reference_settings.py
     from kdbench.suite.load import parse_methods
 
     with pytest.raises(KdbenchError, match="kl_reduction 'sum' is unknown; choose from: batchmean, mean"):
         parse_methods({"rslad": {"kl_reduction": "sum"}})
-
-
-@pytest.mark.parametrize("name,train_mode", [("ard", True), ("ard-kl", False), ("rslad", False)])
-def test_attack_sees_the_student_in_the_reference_codes_mode(name, train_mode):
-    """ARD's reference code attacks the student in train mode; RSLAD's switches it to eval mode."""
-    torch.manual_seed(0)
-    student, teacher = build_model("cnn-small", INP), build_model("cnn-large", INP)
-    d = make(name, student, [teacher])
-    d.train()
-    seen = []
-    handle = student.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
-    try:
-        x = torch.rand(8, 1, 8, 8)
-        d.perturb(x, torch.zeros(8, dtype=torch.long))
-    finally:
-        handle.remove()
-    assert seen and set(seen) == {train_mode}
-    assert student.training  # and the student's own mode is restored
+    with pytest.raises(KdbenchError, match="methods.at.attack_mode 'training' is unknown; choose from: train, eval"):
+        parse_methods({"at": {"attack_mode": "training"}})
 
 
 @pytest.mark.parametrize("w", [5 / 6, 0.25])

@@ -83,7 +83,8 @@ def test_trades_teacher_kind_and_its_cache_key():
     assert kind.defaults == {"beta": 6.0}
     t = TrainConfig(adv_eps=0.2, adv_steps=4)
     params, train = cache_settings("trades", {}, t)
-    assert params == {"beta": 6.0} and train == {"adv_eps": 0.2, "adv_steps": 4, "adv_step_size": 2.5 * 0.2 / 4}
+    assert params == {"beta": 6.0}
+    assert train == {"adv_eps": 0.2, "adv_steps": 4, "adv_step_size": 2.5 * 0.2 / 4, "adv_warmup": 0.0}
     assert cache_settings("adversarial", {}, t) == ({}, train)  # the same fields as before they were declared
     assert cache_settings("standard", {}, t) == ({}, {})
     assert cache_settings("defensive", {"temperature": 5.0}, t) == ({"temperature": 5.0}, {})
@@ -137,7 +138,67 @@ def test_iad_loss_before_and_after_the_warm_up(monkeypatch, T, alpha, beta):
     assert torch.equal(rec.calls[0][1], y)  # CE inner maximisation, as ARD's reference code
     on = iad_reference(student(rec.x_adv), student(x), t, teacher(rec.x_adv), y, T, alpha, beta, True)
     assert on["introspect"] > 1e-4  # the fixture makes the introspection term visible
-    assert METHODS.get("iad").defaults == {"temperature": 1.0, "alpha": 1.0, "beta": 0.1, "begin": 0.3}
+    assert METHODS.get("iad").defaults == {"temperature": 1.0, "alpha": 1.0, "beta": 0.1, "begin": 0.3,
+                                           "kl_reduction": "batchmean", "attack_mode": "train"}
+
+
+def iad_ii_reference(s_adv, s, t_rob_adv, t_std_adv, y, T, a1, a2, beta, on):
+    """IAD-II.py's loss, term by term: CE on x', the trust-weighted robust teacher's KD and the introspection
+    (both times a1 T^2), the standard teacher's KD (a2 T^2); both teachers on x'; w = 1 before `begin`."""
+    w = softmax(t_rob_adv)[torch.arange(len(y)), y] ** beta if on else torch.ones(len(y), dtype=torch.float64)
+    rob = kl_rows(softmax(t_rob_adv / T), log_softmax(s_adv / T))
+    std = kl_rows(softmax(t_std_adv / T), log_softmax(s_adv / T))
+    agree = kl_rows(softmax(s), log_softmax(s_adv))
+    return {"ce_adv": (1 - a1 - a2) * ce(s_adv, y), "kd_robust": a1 * T * T * (w * rob).mean(),
+            "introspect": a1 * T * T * ((1 - w) * agree).mean(), "kd_standard": a2 * T * T * std.mean()}
+
+
+@pytest.mark.parametrize("T,a1,a2,beta", [(1.0, 0.5, 0.25, 0.1), (3.0, 0.3, 0.6, 0.7)])
+def test_iad_ii_loss_before_and_after_begin(monkeypatch, T, a1, a2, beta):
+    x, y, student, t_rob = fixed_pair(n=6)
+    _, _, _, t_std = fixed_pair(n=6, seed=7)
+    d = make("iad-ii", student, [t_rob, t_std], temperature=T, robust_weight=a1, standard_weight=a2, beta=beta,
+             begin=0.4)
+    rec = Recorder(x_adv_of(x))
+    monkeypatch.setattr(d, "perturb", rec)
+    for progress, on in ((0.1, False), (0.4, True), (0.9, True)):
+        out = d.losses(Batch(x, y, [], progress))  # no cached logits: both teachers are run on x'
+        want = iad_ii_reference(student(rec.x_adv), student(x), t_rob(rec.x_adv), t_std(rec.x_adv), y, T, a1, a2,
+                                beta, on)
+        assert set(out) == set(want)
+        for k in out:
+            tol = 1e-4 if k == "introspect" else 1e-5  # 1 - P^beta near P = 1: float32 cancellation
+            assert out[k].item() == pytest.approx(want[k].item(), rel=tol, abs=1e-9), (k, progress)
+        assert rec.progress == progress  # the eps warm-up sees the step's progress
+    assert torch.equal(rec.calls[0][1], y)  # CE inner maximisation
+    on = iad_ii_reference(student(rec.x_adv), student(x), t_rob(rec.x_adv), t_std(rec.x_adv), y, T, a1, a2, beta,
+                          True)
+    assert on["introspect"] > 1e-4 and on["kd_robust"] < a1 * T * T * kl_rows(
+        softmax(t_rob(rec.x_adv) / T), log_softmax(student(rec.x_adv) / T)).mean()  # the trust weights bite here
+    # the introspection's gradient runs through s(x) as well as s(x') (the reference does not detach s(x))
+    student.zero_grad()
+    d.losses(Batch(x, y, [], 0.9))["introspect"].backward()
+    g_both = student.fc.weight.grad.clone()
+    student.zero_grad()
+    w = F.softmax(t_rob(rec.x_adv), 1).gather(1, y[:, None])[:, 0].pow(beta).detach()
+    rows = F.kl_div(F.log_softmax(student(rec.x_adv), 1), F.softmax(student(x), 1).detach(), reduction="none").sum(1)
+    (a1 * T * T * ((1 - w) * rows).mean()).backward()
+    assert not torch.allclose(g_both, student.fc.weight.grad)
+
+
+def test_iad_ii_defaults_teachers_and_weights_checked_at_load():
+    from kdbench.core.errors import KdbenchError
+    from kdbench.suite.load import parse_methods
+
+    cls = METHODS.get("iad-ii")
+    assert cls.defaults == {"temperature": 1.0, "robust_weight": 0.5, "standard_weight": 0.25, "beta": 0.1,
+                            "begin": 0.2, "kl_reduction": "batchmean", "attack_mode": "train"}
+    specs = cls.teacher_specs(dict(cls.defaults), "cnn-large", "adversarial", 3)
+    assert [(s.arch, s.kind, s.seed) for s in specs] == [("cnn-large", "adversarial", 3), ("cnn-large", "standard", 3)]
+    assert not cls.uses_teacher_logits and cls.baselines == ("ce", "at")
+    assert parse_methods({"iad-ii": {"robust_weight": 0.6, "standard_weight": 0.4}})  # CE weight 0: allowed
+    with pytest.raises(KdbenchError, match=r"^methods.iad-ii: robust_weight \+ standard_weight = 1.2 exceeds 1"):
+        parse_methods({"iad-ii": {"robust_weight": 0.7, "standard_weight": 0.5}})
 
 
 # ---- AdaAD ----------------------------------------------------------------------------------------------------
@@ -169,7 +230,7 @@ def test_adaad_loss_on_a_given_adversarial_example(monkeypatch, alpha):
     x, y, student, teacher = fixed_pair()
     d = make("adaad", student, [teacher], alpha=alpha)
     x_adv = x_adv_of(x)
-    monkeypatch.setattr(d, "perturb", lambda xb: x_adv)
+    monkeypatch.setattr(d, "perturb", lambda xb, progress=1.0: x_adv)
     t = teacher(x)
     out = d.losses(Batch(x, y, [t]))
     assert out["kl_adv"].item() == approx(alpha * kl(softmax(teacher(x_adv)), log_softmax(student(x_adv))))
@@ -402,7 +463,7 @@ def test_fitnets_rejects_a_hint_stage_outside_0_1_when_the_suite_is_read():
 def test_leaderboard_baselines():
     for name in METHODS.names():
         cls = METHODS.get(name)
-        adversarial_distillation = name in ("iad", "adaad", "mtard", "ard", "ard-kl", "rslad")
+        adversarial_distillation = name in ("iad", "iad-ii", "adaad", "mtard", "ard", "ard-kl", "rslad")
         want = ("ce", "at") if adversarial_distillation else ("ce",)
         assert cls.baselines == want, name
 
@@ -410,7 +471,7 @@ def test_leaderboard_baselines():
 def test_contract_on_the_real_training_context_of_the_new_methods():
     # every new method trains a few steps on digits-shaped data without touching its teachers
     ctx = TrainContext(10, (1, 8, 8), 2, 0.1, 2, 0.05)
-    for name in ("at", "trades", "iad", "adaad", "mtard", "dkd", "fitnets"):
+    for name in ("at", "trades", "iad", "iad-ii", "adaad", "mtard", "dkd", "fitnets"):
         torch.manual_seed(0)
         cls = METHODS.get(name)
         teachers = [build_model(s.arch, INP) for s in cls.teacher_specs(dict(cls.defaults), "cnn-large",

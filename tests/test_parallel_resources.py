@@ -26,6 +26,19 @@ def test_worker_memory_counts_data_models_and_activations():
     assert big.total > 10 * small.total
 
 
+def test_worker_memory_counts_one_transfer_set_per_teacher_and_seed():
+    """As many transfer sets as the run crafts (one per transfer_cache key), each seed counted once."""
+    from kdbench.execution.estimate import data_shape
+    from kdbench.execution.transfer_cache import needs_transfer, transfer_key
+
+    suite = load_suite("robustness")
+    keys = {transfer_key(j, 1) for j in suite.jobs() if needs_transfer(j)}
+    ds = data_shape(suite)
+    one_set = ds.n_test * 4 * ds.shape[0] * ds.shape[1] * ds.shape[2] * len(suite.eval.eps)
+    assert len(keys) == 3 * len(suite.seeds)  # standard, adversarial and defensive teachers at each seed
+    assert resources.worker_memory(suite).transfer == len(keys) * one_set
+
+
 @pytest.mark.parametrize("available", [400 * GIB, 100 * GIB, 40 * GIB, 1 * GIB, 1])
 def test_auto_workers_are_capped_by_the_available_memory(available):
     suite = load_suite("robustness-cifar10")
@@ -72,7 +85,8 @@ def test_the_progress_line_says_why_and_workers_n_overrides(tmp_path, tiny_suite
 
 TRANSFER_SUITE = TINY_SUITE.replace("seeds = [1, 2]", "seeds = [1]").replace(
     "kd = {}", "kd = {}\nnoise-kd = {}\ndtkd = {}\nhierarchical = {}").replace(
-    'attacks = ["fgsm", "pgd", "apgd-dlr"]\neps = [0.1]', 'attacks = ["fgsm"]\neps = [0.1, 0.2]\ntransfer = true')
+    'attacks = ["fgsm", "pgd", "apgd-dlr", "apgd-ce-l2"]\neps = [0.1]', 'attacks = ["fgsm"]\neps = [0.1, 0.2]\ntransfer = true'
+).replace("eps_l2 = [0.25]\n", "").replace("[eval.certify]\nsigma = [0.25]\nn0 = 8\nn = 64\nalpha = 0.01\n", "")
 
 
 def test_transfer_examples_are_crafted_once_for_the_whole_run(tmp_path, tiny_run):

@@ -324,3 +324,33 @@ def test_ctrl_c_keeps_every_finished_record(tmp_path, ray_cluster, tiny_teachers
     records = _records(out)
     assert 1 <= len(records) == recorded < 6  # every finished job kept, the rest cancelled
     assert not (out / "failures").exists() and not list((out / "records").glob(".*.tmp"))
+
+
+@needs_ray
+@pytest.mark.slow  # a real two-node Ray cluster
+def test_plugins_travel_to_the_cluster_and_give_the_local_records(tmp_path, ray_cluster, tiny_teachers,
+                                                                  plugin_sandbox):
+    """A suite of a plugin method and a plugin architecture (test_plugin_runs.py) on the cluster: the plugin files
+    delete themselves once the driver has imported them, so the workers can only have them from the run's runtime
+    environment; the records equal those of the inline runner."""
+    from test_plugin_runs import plugged
+
+    address, _, env = ray_cluster
+    suite = plugged(tmp_path / "user")
+    files = [tmp_path / "user" / name for name in ("my_method.py", "my_arch.py")]
+    for path in files:
+        path.write_text("import os, pathlib\nif os.environ.get('KDBENCH_TEST_DRIVER') == '1':\n"
+                        "    pathlib.Path(__file__).unlink(missing_ok=True)\n" + path.read_text())
+    with _torch_threads(1):
+        assert run_main("run", "--suite", suite, "--out", tmp_path / "inline", "--workers", "1",
+                        "--quiet").returncode == 0
+    assert all(path.is_file() for path in files)
+    proc = _run_ray({**env, "KDBENCH_TEST_DRIVER": "1"}, suite, tmp_path / "ray", address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(path.exists() for path in files)  # gone before any task ran
+    assert "3 jobs run, 0 already done, 0 failed" in proc.stdout
+    got, want = _records(tmp_path / "ray"), _records(tmp_path / "inline")
+    assert set(got) == set(want) and len(got) == 3
+    for job_id, rec in want.items():
+        for key in ("metrics", "flags", "train_history", "student", "config", "plugins"):
+            assert got[job_id].get(key) == rec.get(key), (rec["method"], key)

@@ -196,7 +196,8 @@ def test_real_suites_load_with_their_protocol():
     c10 = load_suite("robustness-cifar10")
     assert c10.data.name == "cifar10" and c10.data.augment == ("random_crop", "horizontal_flip")
     assert [(p.teacher, p.student) for p in c10.pairs] == [("wrn-34-10", "resnet18"), ("wrn-34-10", "mobilenetv2")]
-    assert {m.name for m in c10.methods} == {"ard", "rslad", "at", "trades", "iad", "adaad", "mtard", "dkd", "fitnets"}
+    assert {m.name for m in c10.methods} == {"ard", "rslad", "at", "trades", "iad", "iad-ii", "adaad", "mtard", "dkd",
+                                             "fitnets"}
     kinds = {m.name: m.teacher_kind for m in c10.methods}
     assert kinds["mtard"] == "trades" and kinds["at"] is None and kinds["trades"] is None
     assert math.isclose(c10.headline_eps, EPS_8) and c10.eval.eps == (c10.headline_eps,)

@@ -104,8 +104,9 @@ def test_the_committed_records_are_paired_on_seeds():
     from scipy.stats import t
 
     robust = {(r["method"], r["seed"]): 100 * r["metrics"]["robust@0.1"] for r in records if r["role"] == "student"}
-    both = sorted({s for m, s in robust if m == "ce"} & {s for m, s in robust if m == "dtkd"})
-    assert len(both) < len({s for m, s in robust if m == "ce"})  # ce has seeds of its own: paired on the common ones
+    ce, own = ({s for m, s in robust if m == name} for name in ("ce", "dtkd"))
+    both = sorted(ce & own)  # paired on the seeds both rows have; the cell says so where they are not all
+    assert (f"({len(both)} seeds: " in dtkd) == (ce != own)
     diffs = [robust["dtkd", s] - robust["ce", s] for s in both]
     half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
     mean = statistics.mean(diffs)
@@ -149,7 +150,8 @@ def _check(tiny_checked, out):
 def test_records_keep_per_example_correctness_and_their_machine(tiny_run):
     for rec in tiny_run.records().values():
         masks = masks_of(rec)
-        assert set(masks) == {"clean", "robust@0.1"} and rec["examples"]["n"] == 359  # 20% of the 1797 digits
+        assert set(masks) == {"clean", "robust@0.1", "robust-l2@0.25", "certified-l2@0", "certified-l2@0.25"}
+        assert rec["examples"]["n"] == 359  # 20% of the 1797 digits
         for name, mask in masks.items():
             assert mask.mean() == pytest.approx(rec["metrics"][name], abs=1e-6)  # metrics are float32 means
         assert rec["env"]["cpu"]["model"] and rec["env"]["threads"] == 1 and "gpu" in rec["env"]

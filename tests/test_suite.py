@@ -10,11 +10,17 @@ from kdbench.suite.load import load_suite, parse_suite, with_overrides
 
 def test_default_suite_runs_every_registered_method():
     suite = load_suite("robustness")
-    # every registered method but ard-kl, a kdbench variant of ARD (its inner loss against ard's) kept out of the
-    # default suite for its running time (docs/methods-adversarial.md)
-    assert {m.name for m in suite.methods} == set(METHODS.names()) - {"ard-kl"}
-    assert suite.seeds == (1, 2, 3)
+    # every registered method but ard-kl, a kdbench variant of ARD (its inner loss against ard's), and at-l2, the
+    # L2-trained baseline (every method is trained at the suite's L-inf settings; at-l2 is the option for a suite
+    # that wants an L2-trained row), kept out of the default suite for its running time (docs/methods-adversarial.md)
+    assert {m.name for m in suite.methods} == set(METHODS.names()) - {"ard-kl", "at-l2"}
+    assert suite.seeds == (1, 2, 3, 4, 5)
     assert suite.data.name == "digits"
+    # every row on the same seeds; the defensive students with a budget of their own (chosen from training-set
+    # curves: benchmarks/robustness.toml)
+    assert all(not m.seeds for m in suite.methods)
+    epochs = {j.method: j.train.epochs for j in suite.jobs() if not j.is_teacher}
+    assert epochs.pop("defensive") == 40 and set(epochs.values()) == {suite.train.epochs}
 
 
 def test_job_ids_are_stable_and_distinct(tiny_suite):
@@ -62,6 +68,51 @@ def test_a_method_can_have_seeds_of_its_own(tiny_suite):
     assert {j.seed for j in overridden} == {7}
 
 
+def test_a_method_can_train_with_settings_of_its_own(tiny_suite):
+    """The reserved key `train`: [train] fields that replace the suite's for that method's students, in their
+    jobs' identity; every other job, and every teacher, is unchanged."""
+    import tomllib
+
+    from kdbench.suite.jobs import job_from_config
+    from kdbench.training.teacher_cache import teacher_config
+
+    doc = tomllib.loads(TINY_SUITE)
+    plain = parse_suite(doc).jobs()
+    own = parse_suite({**doc, "methods": {"ce": {}, "kd": {"temperature": 4.0, "train": {"epochs": 5, "lr": 1}}}})
+    jobs = own.jobs()
+    kd = [j for j in jobs if j.method == "kd"]
+    assert all(j.train.epochs == 5 and j.train.lr == 1.0 and j.train.batch_size == 128 for j in kd)
+    assert all(j.config()["train"]["epochs"] == 5 for j in kd)  # the merged settings are the job's identity
+    assert {j.job_id for j in kd}.isdisjoint(j.job_id for j in plain)
+    unchanged = lambda js: {j.job_id for j in js if j.method != "kd"}  # noqa: E731
+    assert unchanged(jobs) == unchanged(plain) and len(unchanged(jobs)) == 4  # ce and the teachers keep their ids
+    # the teachers are the suite's: trained with the suite's [train], whichever method uses them
+    for a, b in zip(kd, [j for j in plain if j.method == "kd"]):
+        assert a.teacher_training() == own.train and a.train != own.train
+        assert teacher_config(a.teacher_specs()[0], a, 1) == teacher_config(b.teacher_specs()[0], b, 1)
+        assert job_from_config(a.config()).job_id == a.job_id  # `kdbench reproduce` rebuilds the same job
+    # settings equal to the suite's change nothing
+    same = parse_suite({**doc, "methods": {"ce": {"train": {"epochs": 2}}, "kd": {"train": {}}}})
+    assert [j.job_id for j in same.jobs()] == [j.job_id for j in plain]
+    # --methods keeps a suite method's settings; --seeds keeps them too
+    picked = with_overrides(own, ["kd"], [3]).jobs()
+    assert {j.train.epochs for j in picked if not j.is_teacher} == {5} and {j.seed for j in picked} == {3}
+
+
+def test_the_dry_run_counts_a_methods_own_epochs(tiny_suite, monkeypatch):
+    import tomllib
+
+    from kdbench.execution import estimate
+
+    monkeypatch.setattr(estimate, "measure_arch", lambda *a, **k: {"fb": 1e-3, "f": 3e-4, "afb": 8e-4, "af": 2e-4,
+                                                                   "params": 1})
+    doc = tomllib.loads(TINY_SUITE)
+    suite = parse_suite({**doc, "methods": {"ce": {"seeds": [1]}, "pointwise": {"seeds": [1], "train": {"epochs": 6}}}})
+    rows = {r["job"].method: r for r in estimate.estimate(suite, "cpu", progress=lambda *_: None)["rows"]}
+    assert rows["ce"]["epochs"] == 2 and rows["pointwise"]["epochs"] == 6
+    assert rows["teacher"]["epochs"] == 3  # the suite's teacher_epochs
+
+
 BAD = [
     ('dataset = "digitz"', "unknown dataset 'digitz'", "digits"),
     ('[[pairs]]\nteacher = "resnet-9000"\nstudent = "cnn-small"', "unknown model 'resnet-9000'", "cnn-small"),
@@ -79,6 +130,13 @@ BAD = [
     ('[methods]\nkd = { teacher = "genius" }', "unknown teacher kind 'genius'", "adversarial"),
     ('[methods]\nkd = { seeds = [1, 0] }', "seed 0", ">= 1"),
     ('[methods]\nkd = { seeds = 3 }', "methods.kd.seeds", "non-empty list"),
+    ('[methods]\nkd = { train = { epoch = 3 } }', "unknown key 'epoch' in methods.kd.train", "did you mean 'epochs'"),
+    ('[methods]\nkd = { train = { optimizer = "rmsprop" } }', "methods.kd.train.optimizer 'rmsprop'", "adam, sgd"),
+    ('[methods]\nkd = { train = { lr = 0.0 } }', "methods.kd.train.lr must be > 0", "0.0"),
+    ('[methods]\nkd = { train = { epochs = "many" } }', "methods.kd.train.epochs", "integer"),
+    ('[methods]\nkd = { train = { adv_eps = 2.0 } }', "methods.kd.train.adv_eps = 2.0", "outside [0, 1]"),
+    ('[methods]\nkd = { train = 3 }', "methods.kd.train must be a table", "3"),
+    ('[methods]\nkd = { train = { teacher_epochs = 3 } }', "methods.kd.train.teacher_epochs", "[train]"),
     ('[methods]\nkd = { temperature = 0.0 }', "methods.kd.temperature 0.0", "outside its range (0, inf)"),
     ('[methods]\nkd = { alpha = 1.5 }', "methods.kd.alpha 1.5", "outside its range [0, 1]"),
     ('[methods]\nkd = { alpha = 0.5 }\nfitnets = { hint_stage = 1.0 }', "methods.fitnets.hint_stage 1.0",

@@ -72,6 +72,14 @@ def add_executor_args(p) -> None:
                    help="with --executor ray: re-runs of a job whose worker died (default: the suite's, else 2)")
 
 
+def add_plugin_args(p) -> None:
+    """`--plugin FILE_OR_MODULE` (repeatable): plugins to import before the command reads its suite."""
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="a plugin to import first (repeatable): a .py file or an importable module registering "
+                        "methods, models, datasets, attacks, corruptions or teacher kinds (docs/plugins.md); it "
+                        "runs its code")
+
+
 def add_data_args(p) -> None:
     """Where a run's data comes from (run, and check --run)."""
     p.add_argument("--data-dir", type=Path, help="where torchvision datasets live (default: the suite's data_dir, "
@@ -107,11 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the job grid and a compute-time estimate measured on this device; run nothing")
     add_executor_args(run)
+    add_plugin_args(run)
 
     ls = sub.add_parser("list", help="list datasets, models, methods, teacher kinds, attacks, corruptions, suites")
     ls.add_argument("what", nargs="?", default="all",
                     choices=["all", "datasets", "models", "methods", "teacher-kinds", "attacks", "corruptions", "suites",
                              "flags"])
+    add_plugin_args(ls)
 
     rp = sub.add_parser("reproduce", help="re-run the job of a record and compare every metric")
     rp.add_argument("record", type=Path, help="a record JSON file (results/<suite>/records/<job_id>.json)")
@@ -132,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--corruptions-from", type=Path, metavar="DIR",
                     help="the CIFAR-C folder, for a record whose job evaluated one (as for run)")
     rp.add_argument("--quiet", action="store_true")
+    add_plugin_args(rp)
 
     lb = sub.add_parser("leaderboard", help="rebuild summary, leaderboard and plots from stored records")
     lb.add_argument("--suite", help="suite name (default: every suite under --results)")
@@ -140,14 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="merge the records of these result folders into results/<suite> first (identical job "
                          "ids are de-duplicated; a job id with different numbers is a conflict: nothing is "
                          "written, exit 1)")
+    add_plugin_args(lb)
 
     ev = sub.add_parser("evaluate", help="evaluate a model with a suite's evaluation protocol; writes an "
                                          "'external' record (a leaderboard row)")
-    src = ev.add_mutually_exclusive_group(required=True)
+    src = ev.add_mutually_exclusive_group()
     src.add_argument("--record", type=Path, help="a kdbench record: its saved student (or teacher), evaluated with "
                                                  "that record's own protocol")
-    src.add_argument("--checkpoint", type=Path, help="a state dict of a registered architecture (--arch)")
     src.add_argument("--robustbench", metavar="ID", help="a RobustBench model-zoo entry (kdbench[robustbench])")
+    src.add_argument("--model", metavar="FILE.py:FACTORY|module:factory|FILE.pt2",
+                     help="a model of your own code: FACTORY() from a Python file or module (any architecture), or a "
+                          "torch.export program; --checkpoint gives separate weights")
+    ev.add_argument("--checkpoint", type=Path, help="a state dict of a registered architecture (--arch), or the "
+                                                    "weights of --model")
     ev.add_argument("--name", required=True, help="the row's name on the leaderboard (shown as 'NAME [external]')")
     ev.add_argument("--arch", help="with --checkpoint: its architecture (default: what a kdbench file says)")
     ev.add_argument("--normalize", default="checkpoint", help="with --checkpoint: checkpoint (default), none or "
@@ -162,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", type=Path, help="where torchvision datasets live (as for run)")
     ev.add_argument("--corruptions-from", type=Path, metavar="DIR", help="the CIFAR-C folder (as for run)")
     ev.add_argument("--quiet", action="store_true")
+    add_plugin_args(ev)
 
     ex = sub.add_parser("export", help="copy a record's student weights, standalone model code and card to a folder")
     ex.add_argument("record", type=Path, help="a record JSON file (results/<suite>/records/<job_id>.json)")
@@ -199,4 +216,5 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--no-save-students", action="store_true", help="with --run: keep no student weights")
     add_data_args(ck)
     add_executor_args(ck)
+    add_plugin_args(ck)
     return p

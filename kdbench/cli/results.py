@@ -26,8 +26,9 @@ def cmd_list(args) -> int:
     for name, reg in sections.items():
         if args.what in ("all", name):
             print(f"{name}:")
-            for entry in reg.entries():
-                print(f"  {entry.name:<24} {entry.summary}")
+            for entry in reg.entries():  # a plugin's entries say where they come from
+                origin = "" if entry.origin.kind == "built-in" else f"  [{entry.origin.short()}]"
+                print(f"  {entry.name:<24} {entry.summary}{origin}")
     if args.what in ("all", "suites"):
         print("suites:")
         for name, path in builtin_suites().items():
@@ -94,11 +95,13 @@ def cmd_check(args) -> int:
                            "counts once")
     if args.run:
         from ..evaluation.cifar_c import with_cifar_c
-        from .run import check_run_inputs, executor_for, no_save_students
+        from .run import check_plugin_methods, check_run_inputs, executor_for, no_save_students, say_plugins
 
         suite = no_save_students(with_cifar_c(suite, args.corruptions_from), args)
         run_suite = executor_for(args, suite)
+        say_plugins()
         check_run_inputs(suite, args)
+        check_plugin_methods(suite, args.data_dir, args.download)
         result = run_suite(folder, cache_dir=args.cache_dir, quiet=args.quiet, **data_kwargs(args))
         write_reports(folder, suite.name, suite.headline_eps)
         if result.failed:

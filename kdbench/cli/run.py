@@ -56,9 +56,12 @@ def cmd_run(args) -> int:
     suite = no_save_students(suite, args)
     out = args.out or Path("results") / suite.name
     run_suite = executor_for(args, suite)  # checks the executor's flags (a dry run too)
+    say_plugins()
     if args.dry_run:
+        check_plugin_methods(suite, args.data_dir, args.download)
         return cmd_dry_run(suite, out, pick_device(args.device), args.quiet)
     check_run_inputs(suite, args)
+    check_plugin_methods(suite, args.data_dir, args.download)
     result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast, **data_kwargs(args))
     import time
 
@@ -77,6 +80,23 @@ def cmd_run(args) -> int:
     print(f"{result.ran} jobs run, {result.skipped} already done, {len(result.failed)} failed, "
           f"{result.seconds:.1f}s; results in {out}")
     return 1 if result.failed else 0
+
+
+def say_plugins() -> None:
+    """Name every plugin this process imported, with its hash, before any job starts: their code runs."""
+    from ..core.plugins import loaded
+
+    for plugin in loaded():
+        o = plugin.origin
+        what = {"file": f"file {o.path}", "module": f"module {o.name}",
+                "package": f"package {o.name} {o.version} (module {plugin.module})"}[o.kind]
+        print(f"plugin {what}: sha256 {o.sha256}", file=sys.stderr, flush=True)
+
+
+def check_plugin_methods(suite, data_dir, download: bool) -> None:
+    from ..execution.plugin_check import check_plugin_methods as check
+
+    check(suite, data_dir, download)
 
 
 def no_save_students(suite, args):

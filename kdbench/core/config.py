@@ -58,6 +58,8 @@ def coerce(value: Any, tp, where: str) -> Any:
         if not isinstance(value, str):
             raise KdbenchError(f"{where} must be a string, got {value!r}")
         return value
+    if dataclasses.is_dataclass(tp):  # a nested table (`[eval.certify]`)
+        return from_table(tp, value, where)
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise KdbenchError(f"{where} must be a table, got {value!r}")

@@ -8,7 +8,9 @@ canonical JSON after `content_only` has removed where things live:
   fetched instead of copied, are the same data;
 - the path of a user's dataset (`npz:PATH`, `folder:PATH`): it is identified by its content hash (`sha256`),
   which the suite loader fills in, so the name keeps only its kind (`npz:`);
-- the path of a teacher checkpoint (`ref` of a `source = "checkpoint"` teacher): its `sha256` identifies it.
+- the path of a teacher checkpoint (`ref` of a `source = "checkpoint"` teacher): its `sha256` identifies it;
+- the name of a plugin file (`file` of an entry of `plugins`, registry.Origin.identity): its `sha256` identifies
+  it. A module or package plugin keeps its name (and a package its version) beside the hash of its sources.
 
 So moving a data folder or a checkpoint, or merging results from another machine, keeps every id; changing a
 byte of the data or the weights changes them. What the numbers depend on by design (the evaluation protocol,
@@ -30,6 +32,10 @@ NEUTRAL = {
     "train_subset": 0, "test_subset": 0, "sha256": "",  # data: the whole splits; not a user dataset
     "pretrained": None, "ensemble": [],  # pair: a teacher trained here, not loaded
     "gpu": None,  # a job on the CPU: no [gpu] settings
+    "adv_warmup": 0.0,  # train: the inner attack at adv_eps from the first step (no eps warm-up)
+    "teacher_train": None,  # a job whose teachers train with its own [train] (no per-method training settings)
+    "plugins": [],  # every entry the job uses is kdbench's own (registry.plugin_ids)
+    "eps_l2": [], "headline_eps_l2": None, "certify": None,  # eval: no L2 threat model, no certification
 }
 
 
@@ -40,6 +46,8 @@ def content_only(value: Any) -> Any:
                if k not in LOCATION_KEYS and not (k in NEUTRAL and _neutral(v, NEUTRAL[k]))}
         if out.get("source") == "checkpoint" and out.get("sha256"):
             out.pop("ref", None)
+        if set(out) == {"file", "sha256"} and out["sha256"]:  # a plugin file: its content, not its name
+            out.pop("file")
         name = out.get("name")
         if isinstance(name, str) and ":" in name and out.get("sha256"):
             out["name"] = name.split(":", 1)[0] + ":"

@@ -3,22 +3,72 @@
 Records, tables, plots, cards and the regression check key every number by a stable string:
 
     clean, mca                         accuracy on clean test data; mean corruption accuracy
+    ece, nll, brier                    calibration on clean test data (lower is better); `corruption-ece`,
+                                       `corruption-nll`, `corruption-brier`: their mean over every corruption and
+                                       severity (as `mca`)
     <kind>@<eps>                       an attack's accuracy (`pgd@0.1`, `apgd-dlr@0.1`), the worst case
                                        (`robust@0.1`), transfer (`transfer@0.1`), the eps sweep (`sweep@0.3`),
                                        uniform noise (`noise@0.1`)
     <kind>/<part>@<eps>                a component of an ensemble attack (`autoattack/apgd-t@0.1`)
     <family>/<name>                    a corruption's mean over severities (`corruption/contrast`,
-                                       `cifar-c/fog`), a noise sweep's area under the curve (`noise-auc/gaussian`)
+                                       `cifar-c/fog`, `ece/contrast`), a noise sweep's area under the curve
+                                       (`noise-auc/gaussian`)
     <family>/<name>/<level>            one severity or level (`corruption/contrast/5`, `noise/gaussian/0.25`)
 
 eps and levels are written with `%g` (0.1, not 0.10), so the same number always gives the same name.
+
+The threat model is part of the kind: L-inf names carry no suffix (`pgd@0.1`, `robust@0.1`), every other norm
+its own (`pgd-l2@0.5`, `apgd-dlr-l2@0.5`, `autoattack-l2/apgd-t@0.5`, `robust-l2@0.5`, and the certified accuracy
+of randomized smoothing, `certified-l2@0.5`, `certified-l2/sigma0.25@0.5` per noise level); eps is then a radius in
+that norm. A kind ending in another norm (`robust-l1@0.5`) is not a metric name.
+
+Direction: every metric is better higher (accuracies, areas under accuracy curves) except the calibration errors
+(`lower_is_better`); tables, differences and the regression gate ask this module.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 WHOLE = ("clean", "mca")
+
+NORMS = {"linf": "", "l2": "-l2"}  # kdbench's name of a norm -> the suffix it adds to a metric's kind
+_NORM_SUFFIX = re.compile(r"-(l\d+|linf|l-inf)$")
+CALIBRATION = ("ece", "nll", "brier")  # lower is better; on clean data, and per corruption as `<kind>/<name>`
+LOWER_IS_BETTER = CALIBRATION + tuple(f"corruption-{k}" for k in CALIBRATION)
+
+
+def with_norm(kind: str, norm: str) -> str:
+    """The kind of a metric under `norm` (`robust`, "l2" -> `robust-l2`); L-inf kinds are unchanged."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose from: {', '.join(NORMS)}")
+    return kind + NORMS[norm]
+
+
+def norm_of(kind: str) -> str:
+    """The norm a metric's kind is measured in ("linf" when it carries no norm suffix); ValueError for a suffix
+    that names a norm kdbench does not have (`robust-l1`)."""
+    m = _NORM_SUFFIX.search(kind)
+    if m is None:
+        return "linf"
+    for norm, suffix in NORMS.items():
+        if suffix and kind.endswith(suffix):
+            return norm
+    raise ValueError(f"unknown norm {m.group(1)!r} in metric kind {kind!r}; choose from: "
+                     + ", ".join(n for n, s in NORMS.items() if s) + " (L-inf names carry no norm suffix)")
+
+
+def check_norm(metric: str) -> None:
+    """ValueError when `metric` (a metric name, or a glob over names) names a norm kdbench does not have."""
+    head = metric.split("@", 1)[0].split("/", 1)[0]
+    norm_of(head)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of `metric` (a metric name) is better: the calibration errors."""
+    name = try_parse(metric)
+    return name is not None and name.kind in LOWER_IS_BETTER
 
 
 def fmt_number(value: float) -> str:
@@ -52,6 +102,11 @@ class MetricName:
     name: str | None = None
     level: str | None = None
 
+    @property
+    def norm(self) -> str:
+        """The threat model of a `<kind>@<eps>` name ("linf" or "l2"); "linf" for names without eps."""
+        return norm_of(self.kind)
+
     def __str__(self) -> str:
         if self.eps is not None:
             return at_eps(self.kind, self.eps, self.part)
@@ -72,6 +127,7 @@ def parse(metric: str) -> MetricName:
             raise ValueError(f"not a metric name: {metric!r} (eps {eps!r} is not a number)") from None
         if not kind or "/" in part:
             raise ValueError(f"not a metric name: {metric!r}")
+        norm_of(kind)  # a kind in an unknown norm is no metric name
         return MetricName(kind, eps=value, part=part or None)
     parts = metric.split("/")
     if len(parts) == 1 and parts[0]:

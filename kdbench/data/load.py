@@ -96,3 +96,18 @@ def load_data(cfg: DataConfig, root: str | Path | None = None, download: bool | 
     x_te, y_te = (data.x_test, data.y_test) if te is None else (data.x_test[te], data.y_test[te])
     sub = make_tensor_data(data.name, x_tr, y_tr, x_te, y_te, data.num_classes)
     return dataclasses.replace(sub, test_index=te, full_test_size=len(data.x_test) if te is not None else 0)
+
+
+def image_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """(C, H, W) of the dataset's images: a torchvision set's is known without its files; other datasets are read."""
+    from .torchvision_sets import SETS
+
+    if cfg.name in SETS:
+        return tuple(SETS[cfg.name].shape)
+    if cfg.name.startswith("npz:"):
+        import numpy as np
+
+        with np.load(user_path(cfg.name), allow_pickle=False) as f:
+            dims = f["x_train"].shape[1:]
+        return (1, *dims) if len(dims) == 2 else (dims[2], dims[0], dims[1]) if dims[2] <= 4 else tuple(dims)
+    return tuple(load_data(cfg).shape)

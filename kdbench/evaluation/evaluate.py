@@ -16,6 +16,11 @@ Metric names (stable strings read by tables, plots, the leaderboard and the regr
   the strongest attack at 2x steps with restarts), whether or not its flag fired.
 - `sweep@<eps>`: worst case of PGD and APGD-DLR along `eval.sweep_eps` (accuracy-vs-eps curves).
 - `noise-auc/<family>`, `noise/<family>/<level>`: the noise-severity sweep (noise_sweep.py).
+- the L2 threat model (`eval.eps_l2`): `<attack>-l2@<radius>`, `robust-l2@<radius>` and its sanity evidence
+  (threat_model.py), as above for L-inf.
+- `ece`, `nll`, `brier`: calibration on the clean test split (calibration.py), and per corruption
+  (`ece/<name>`, mean over severities) and over all corruptions (`corruption-ece`, averaged as `mca`).
+- `certified-l2@<radius>`: with `eval.certify`, the certified accuracy of the smoothed model (certify.py).
 
 An attack that needs more classes than the dataset has (DLR: 3, targeted DLR: 4) is skipped, with a line in
 `flag_evidence.notes`.
@@ -31,17 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.metric_names import at_eps, fmt_number, in_family
+from ..core.metric_names import NORMS, at_eps, fmt_number, in_family
 from ..data.corruptions import corrupt
 from ..models.fold import fold_batch_norm
 from ..training.loop import predict_logits
 from . import worst_case as wc
-from .attacks import ATTACKS, attack_correct
+from .attacks import ATTACKS, attack_correct, attacks_of
+from .calibration import calibration, reliability
 from .inputs import reuse
 from .noise_sweep import noise_sweep
 from .output_checks import output_evidence
-from .sanity import ZERO_GRAD_NORM, compute_flags
+from .sanity import ZERO_GRAD_NORM, compute_flags, training_evidence
 from .seeds import derived_seed as _seed
+from .threat_model import evaluate_norm
 from .transfer import craft_transfer
 
 NOISE_DRAWS = 10  # random sign-noise draws of L-inf size eps per example
@@ -72,11 +79,13 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, ev, seed: int,
              headline_eps: float, source: nn.Module | None = None, timings: dict | None = None,
-             transfer_cache: dict | None = None, per_example: dict | None = None):
+             transfer_cache: dict | None = None, per_example: dict | None = None, train_history: list | None = None):
     """Evaluate `model` in eval mode, on a copy with its batch norms folded (`fold_batch_norm`). `source` (the
     teacher) enables the transfer attack; its adversarial examples depend only on (source, eps, seed), so a
     caller evaluating several students of one teacher can pass the same `transfer_cache` dict to craft them once.
-    A `per_example` dict receives the per-example correctness: `clean` and `robust@<eps>` (the worst case per eps).
+    A `per_example` dict receives the per-example correctness: `clean` and `robust@<eps>` (the worst case per eps),
+    `robust-l2@<radius>` and `certified-l2@<radius>` where those run.
+    `train_history` (the per-epoch losses of the model's training, `loop.fit`) is evidence for `training-failed`.
 
     Returns (metrics, flags, flag_evidence)."""
     transfer_cache = {} if transfer_cache is None else transfer_cache
@@ -96,10 +105,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     clean_logits = timed("clean", lambda: predict_logits(model, x, bs))
     clean_ok = clean_logits.argmax(1) == y
     metrics["clean"] = clean_ok.float().mean().item()
-    evidence: dict = {"eps": [], "acc": {}}
+    metrics.update(calibration(clean_logits, y))
+    evidence: dict = {"eps": [], "acc": {}, "training": training_evidence(clean_logits, y, train_history)}
     notes = [f"{n}: skipped, it needs >= {ATTACKS.get(n).min_classes} classes ({num_classes} here)"
              for n in ev.attacks if num_classes < ATTACKS.get(n).min_classes]
-    attacks = tuple(n for n in ev.attacks if num_classes >= ATTACKS.get(n).min_classes)
+    attacks = tuple(n for n in attacks_of("linf", ev.attacks) if num_classes >= ATTACKS.get(n).min_classes)
     made_worst: dict[str, dict] = {}
     grad_norms = timed("worst-case", lambda: input_gradients(model, x, y, bs))
     zero_grad = (grad_norms < ZERO_GRAD_NORM).float().mean().item()
@@ -152,19 +162,34 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
         whitebox_ok[eps], blackbox_ok[eps], robust_ok[eps] = wb, bb, worst
 
     timed("sweep", lambda: _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics))
+    other_norms: dict = {}  # per-example masks of the other threat models (and of certification)
+    details_norms: dict = {}  # their flag evidence: which attack broke what, the convergence check, certification
+    for norm in (n for n in NORMS if n != "linf"):
+        evaluate_norm(norm, x, y, num_classes, ev, seed, clean_ok, zero_grad,
+                      lambda n, i, eps, cfg, tag, broken_outside=False, parts=None, notes=None: _attack_subset(
+                          n, model, x, y, i, eps, cfg, seed, num_classes, tag, broken_outside, parts, notes),
+                      lambda xa: predict_logits(model, xa, bs).argmax(1), timed, metrics, evidence, details_norms,
+                      notes, other_norms)
     timed("corruptions", lambda: _corruptions(model, x, y, ev, seed, metrics))
     timed("noise-sweep", lambda: metrics.update(noise_sweep(model, x, y, ev, seed)))
+    if ev.certify is not None:
+        from .certify import certified_metrics
+
+        certified, certified_masks, details_norms["certify"] = timed("certify", lambda: certified_metrics(
+            model, x, y, num_classes, ev.certify, seed))
+        metrics.update(certified)
+        other_norms.update(certified_masks)
     if ev.sanity:
         timed("sanity", lambda: _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok,
                                                  whitebox_ok, blackbox_ok, robust_ok, metrics, evidence, attacks,
                                                  grad_norms, clean_logits))
-        flags, details = compute_flags(evidence)
-    else:
-        flags, details = [], {}
+    flags, details = compute_flags(evidence, sanity=ev.sanity)
     details = {**details, "worst_case": made_worst, **({"notes": notes} if notes else {}),
-               **({"convergence": evidence["convergence"]} if "convergence" in evidence else {})}
+               **({"convergence": evidence["convergence"]} if "convergence" in evidence else {}),
+               **details_norms, "calibration": reliability(clean_logits, y)}
     if per_example is not None:
-        per_example.update({"clean": clean_ok, **{at_eps("robust", eps): ok for eps, ok in robust_ok.items()}})
+        per_example.update({"clean": clean_ok, **{at_eps("robust", eps): ok for eps, ok in robust_ok.items()},
+                            **other_norms})
     return metrics, flags, details
 
 
@@ -211,20 +236,29 @@ def _sweep(model, x, y, num_classes, ev, seed, clean_ok, masks, metrics):
 
 
 def _corruptions(model, x, y, ev, seed, metrics):
+    """Accuracy per corruption and severity, its means (`mca`), and the calibration of the same predictions
+    (`ece/<name>`, ..., mean over severities; `corruption-ece`, ..., over all, as `mca`)."""
     if not ev.corruptions:
         return
-    all_acc = []
+    all_acc, all_cal = [], []
     for name in ev.corruptions:
-        accs = []
+        accs, cals = [], []
         for sev in ev.severities:
             xc = reuse(x, ("corruption", name, sev, seed), lambda: corrupt(name, x, sev, seed))
-            acc = correct(model, xc, y, ev.batch_size).float().mean().item()
+            logits = predict_logits(model, xc, ev.batch_size)
+            acc = (logits.argmax(1) == y).float().mean().item()
             metrics[in_family("corruption", name, sev)] = acc
             accs.append(acc)
+            cals.append(calibration(logits, y))
         metrics[in_family("corruption", name)] = sum(accs) / len(accs)
+        for k in cals[0]:
+            metrics[in_family(k, name)] = sum(c[k] for c in cals) / len(cals)
         all_acc.extend(accs)
+        all_cal.extend(cals)
     metrics["mca"] = sum(all_acc) / len(all_acc)
     metrics["relative_mca"] = metrics["mca"] / metrics["clean"] if metrics["clean"] > 0 else 0.0
+    for k in all_cal[0]:
+        metrics[f"corruption-{k}"] = sum(c[k] for c in all_cal) / len(all_cal)
 
 
 def _sanity_evidence(model, x, y, num_classes, ev, seed, headline_eps, clean_ok, whitebox_ok, blackbox_ok,

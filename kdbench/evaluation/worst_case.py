@@ -8,6 +8,8 @@ pgd-above-fgsm flags), `strengthen` runs the attacks that see through masking, e
 - `pgd-rescaled`: PGD on the CE of logits / max_c |z_c| (no saturated softmax; logit scaling undone),
 - `apgd-t`: targeted APGD on the targeted DLR margin loss (scale-invariant, 9 target classes).
 
+In L2 the same attacks in that norm (`pgd-rescaled-l2`, `apgd-t-l2`), on the evidence of the L2 attacks.
+
 A black-box attack (`square`) would see through masking too, but its query loop costs more than every other
 attack together on the default suite; add it to `eval.attacks` to include it. Without masking evidence the
 see-through attacks are not run (measured on an undefended teacher of the default suite: they broke 2 of 359
@@ -30,19 +32,19 @@ import torch
 from ..core.metric_names import at_eps
 from .attacks import ATTACKS
 
-SEE_THROUGH = ("pgd-rescaled", "apgd-t")
+SEE_THROUGH = {"linf": ("pgd-rescaled", "apgd-t"), "l2": ("pgd-rescaled-l2", "apgd-t-l2")}
 STRONG_RESTARTS = 2  # restarts of the strongest attack at twice its steps
 
 
 def strengthen(robust: torch.Tensor, ran: tuple[str, ...], num_classes: int,
-               attack: Callable[[str, torch.Tensor], torch.Tensor], masked: bool = True
+               attack: Callable[[str, torch.Tensor], torch.Tensor], masked: bool = True, norm: str = "linf"
                ) -> tuple[torch.Tensor, dict[str, int], list[str]]:
     """The worst case `robust` (per-example mask) after the see-through attacks the suite did not run already
     (unchanged when `masked` is False: no evidence of masking).
     `attack(name, idx)` is the correctness mask of attack `name` run on the examples `idx` (True elsewhere).
     Returns (mask, examples each attack newly broke, notes on skipped attacks)."""
     out, broke, notes = robust.clone(), {}, []
-    for name in SEE_THROUGH if masked else ():
+    for name in SEE_THROUGH[norm] if masked else ():
         if name in ran:
             continue
         if num_classes < ATTACKS.get(name).min_classes:
@@ -58,11 +60,13 @@ def strengthen(robust: torch.Tensor, ran: tuple[str, ...], num_classes: int,
     return out, broke, notes
 
 
-def masking_suspected(acc: dict[str, float], e: str, zero_grad_fraction: float) -> bool:
-    """Evidence of gradient masking at eps `e`: the conditions of the masking flags (sanity.py)."""
-    from .sanity import CE_MARGIN_GAP, FGSM_PGD_TOL, ZERO_GRAD_FRACTION
+def masking_suspected(acc: dict[str, float], e: str, zero_grad_fraction: float, norm: str = "linf") -> bool:
+    """Evidence of gradient masking at eps `e` of `norm`: the conditions of the masking flags (sanity.py)."""
+    from .sanity import CE_MARGIN_GAP, FGSM_PGD_TOL, FGSM_ATTACK, MARGIN_ATTACK, ZERO_GRAD_FRACTION, ce_attack
 
-    pgd, dlr, fgsm = acc.get(at_eps("pgd", e)), acc.get(at_eps("apgd-dlr", e)), acc.get(at_eps("fgsm", e))
+    ce, fgsm_name = ce_attack(acc, e, norm), FGSM_ATTACK[norm]
+    pgd, dlr = acc.get(at_eps(ce, e)) if ce else None, acc.get(at_eps(MARGIN_ATTACK[norm], e))
+    fgsm = acc.get(at_eps(fgsm_name, e)) if fgsm_name else None
     return (zero_grad_fraction > ZERO_GRAD_FRACTION or (pgd is not None and dlr is not None and pgd - dlr > CE_MARGIN_GAP)
             or (pgd is not None and fgsm is not None and pgd > fgsm + FGSM_PGD_TOL))
 

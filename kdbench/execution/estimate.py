@@ -12,8 +12,9 @@ Nothing is trained and no data is read. The estimate has two measured ingredient
 Training time = epochs x steps per epoch x the step's passes x the measured pass times (plus one teacher pass
 over the data when its logits are cached). Evaluation time counts the gradient steps of the attacks (sweep and
 sanity checks included: the convergence check re-runs the strongest attack at twice its steps with its restarts,
-counted at the costliest attack's steps) and the forward passes (clean, corruptions, the noise sweep, the noise
-draws, transfer), each attack step timed as the evaluation runs one: a real PGD attack (torchattacks, its own
+counted at the costliest attack's steps; per threat model, L-inf at eval.eps and L2 at eval.eps_l2) and the
+forward passes (clean, corruptions, the noise sweep, the noise draws, transfer, and the noisy copies of randomized
+smoothing's certification: len(sigma) x (n0 + n) per certified example), each attack step timed as the evaluation runs one: a real PGD attack (torchattacks, its own
 element-wise work included, which on a small model costs as much as half the model's pass) at the evaluation's
 batch size, on a copy with batch norms folded, no weight gradients. Each attack runs only on the examples it has
 not broken at a smaller eps, which depends on the model; the count is the upper bound, every example attacked at
@@ -36,8 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.gpu import place
-from ..evaluation.attacks import ATTACKS, build_attack
+from ..evaluation.attacks import ATTACKS, attacks_of, build_attack
 from ..evaluation.evaluate import NOISE_DRAWS
+from ..evaluation.threat_model import NOISE_DRAWS as NOISE_DRAWS_L2
+from ..evaluation.threat_model import unbounded_attack
 from ..evaluation.worst_case import STRONG_RESTARTS
 from ..methods import METHODS, Batch, TrainContext
 from ..models.fold import fold_batch_norm
@@ -172,7 +175,7 @@ def count_passes(job: Job, ds: DataShape) -> dict:
     cls = METHODS.get(job.method)
     student = build_model("cnn-small", inp)
     teachers = [build_model("cnn-small", inp).eval() for _ in job.teacher_specs()]
-    ctx = TrainContext(ds.num_classes, shape, t.epochs, t.adv_eps, t.adv_steps, t.step_size())
+    ctx = TrainContext(ds.num_classes, shape, t.epochs, t.adv_eps, t.adv_steps, t.step_size(), t.adv_warmup)
     distiller = cls(student, teachers, dict(job.params), ctx)
     s_count, t_counts = _PassCounter(student), [_PassCounter(m) for m in teachers]
     distiller.train()
@@ -191,13 +194,20 @@ def eval_grad_steps(ev, broken_at_first: bool = False) -> int:
     or (`broken_at_first`) every example broken at the smallest eps, so that no attack runs at a larger one
     and the convergence check finds nothing left to attack (a lower bound for a model that classifies its test
     examples correctly)."""
-    per_eps = sum(ATTACKS.get(a).grad_steps(ev) for a in ev.attacks)  # each attack's entry knows its cost
-    steps = (1 if broken_at_first else len(ev.eps)) * per_eps
+    steps = 0
+    for norm, radii in (("linf", ev.eps), ("l2", ev.eps_l2)):
+        names = attacks_of(norm, ev.attacks)
+        if not radii or not names:
+            continue
+        per_eps = sum(ATTACKS.get(a).grad_steps(ev) for a in names)  # each attack's entry knows its cost
+        steps += (1 if broken_at_first else len(radii)) * per_eps
+        if ev.sanity and not broken_at_first:  # the strongest single attack (at most the costliest) again: 2x steps
+            single = [ATTACKS.get(a).grad_steps(ev) for a in names if not ATTACKS.get(a).components]
+            steps += STRONG_RESTARTS * 2 * max(single, default=0)
+            unbounded = unbounded_attack(names, norm) if norm != "linf" else None  # at half the image diagonal
+            steps += ATTACKS.get(unbounded).grad_steps(ev) if unbounded else 0
     extra = [e for e in ev.sweep_eps if e not in ev.eps and not (broken_at_first and e > min(ev.eps))]
     steps += len(extra) * (ev.pgd_steps + ev.apgd_steps)
-    if ev.sanity and not broken_at_first:  # the strongest single attack (at most the costliest) again: 2x steps
-        single = [ATTACKS.get(a).grad_steps(ev) for a in ev.attacks if not ATTACKS.get(a).components]
-        steps += STRONG_RESTARTS * 2 * max(single, default=0)
     return steps + 1  # the input gradients (the masking evidence)
 
 
@@ -206,6 +216,9 @@ def eval_forward_passes(ev, transfer: bool = False) -> int:
     sweep, the sanity check's noise draws, and the transfer examples (`transfer`: a student with a teacher)."""
     passes = 2 + len(ev.corruptions) * len(ev.severities) + len(ev.noise_families) * len(ev.noise_levels)
     passes += NOISE_DRAWS if ev.sanity else 0
+    passes += NOISE_DRAWS_L2 if ev.sanity and ev.eps_l2 else 0
+    if ev.certify is not None:  # the noisy copies of every certified example (every skip-th), per sigma
+        passes += math.ceil(len(ev.certify.sigma) * (ev.certify.n0 + ev.certify.n) / ev.certify.skip)
     return passes + (len(ev.eps) if transfer else 0)
 
 
@@ -232,7 +245,10 @@ def estimate(suite: Suite, device, progress=print) -> dict:
         torch.set_num_threads(threads)
     augmented = bool(suite.data.augment)
     steps_per_epoch = math.ceil(ds.n_train / min(t.batch_size, ds.n_train))
-    examples = steps_per_epoch * min(t.batch_size, ds.n_train)
+
+    def examples(batch_size: int) -> int:  # examples per epoch, the last batch padded to a full one
+        return math.ceil(ds.n_train / min(batch_size, ds.n_train)) * min(batch_size, ds.n_train)
+
     rows = []
     sharing = Counter(_transfer_key(job) for job in jobs if not job.is_teacher and job.teacher_specs())
     for job in jobs:
@@ -242,18 +258,18 @@ def estimate(suite: Suite, device, progress=print) -> dict:
         if job.is_teacher:
             trained = job.pair.pretrained is None
             epochs = t.teacher_epochs if trained else 0
-            train_s = epochs * examples * passes["student"] * t_cost["fb"]
+            train_s = epochs * examples(t.batch_size) * passes["student"] * t_cost["fb"]
             model_cost = t_cost
         else:
             s_cost = costs[job.pair.student]
-            epochs = t.epochs
+            epochs = job.train.epochs  # a method's own training settings, where it has them
             per_example = passes["student"] * s_cost["fb"] + passes["teacher"] * t_cost["f"]
             if passes.get("teacher_logits"):
                 if augmented:
                     per_example += passes["teacher_logits"] * t_cost["f"]
                 else:  # cached once per job
                     per_example += passes["teacher_logits"] * t_cost["f"] / max(epochs, 1)
-            train_s = epochs * examples * per_example
+            train_s = epochs * examples(job.train.batch_size) * per_example
             model_cost = s_cost
         ev = job.eval
         transfer = not job.is_teacher and ev.transfer and bool(job.teacher_specs())

@@ -8,18 +8,22 @@ The model comes from one of:
   code as checkpoint teachers (pretrained.py: unwrapping, `weights_only=True`, `normalize`). `--arch` may be
   left out for a kdbench file that says its own: a saved student (its record) or a cached teacher (its .json).
 - `--robustbench ID`: a RobustBench model-zoo entry (optional extra `kdbench[robustbench]`).
+- `--model FILE.py:FACTORY | module:factory | FILE.pt2` (with `--checkpoint` for separate weights), or an
+  `nn.Module` in memory (`kdbench.evaluate`): a model of the user's own code, any architecture (user_models.py).
 
-For `--checkpoint` and `--robustbench` the protocol is the suite's (`--suite`): its dataset, `[eval]`, headline
-eps, the seeds `--seeds` (default: the suite's first seed); the transfer attack is crafted on the suite's first
-reference teacher (trained and cached like a run's, unless `--no-transfer`).
+For `--checkpoint`, `--robustbench` and the user's models the protocol is the suite's (`--suite`): its dataset,
+`[eval]`, headline eps, the seeds `--seeds` (default: the suite's first seed); the transfer attack is crafted on the
+suite's first reference teacher (trained and cached like a run's, unless `--no-transfer`).
 
 The record has role `external`, method = `--name`; the weights evaluated are kept as students/<job_id>.pt
-(RobustBench models: none, the zoo holds them). Every input is checked and the model loaded and probed on the
+(RobustBench models: none, the zoo holds them). A user's model is identified by the hash of its weights and of
+its code file (a factory's, a .pt2 program's). Every input is checked and the model loaded and probed on the
 dataset's inputs before anything is written: a bad input is one line and exit code 2.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..core.errors import KdbenchError
 from ..core.identity import digest
@@ -46,6 +51,8 @@ class Target:
     transfer: bool  # craft transfer examples on the protocol job's teacher
     threads: int | None  # torch threads (a record's own), None: as set
     origin: dict  # what the record says about the model's provenance
+    module: nn.Module | None = None  # a user's model, built already (user_models.py); None: load `model`
+    code_sha256: str = ""  # the hash of a user's model's code (its factory file, its .pt2 program)
 
 
 def read_record(path: Path) -> dict:
@@ -82,9 +89,12 @@ def from_record(path: Path, name: str, cache_dir: Path) -> Target:
     from ..training.teacher_cache import teacher_config, teacher_path
     from ..training.teachers import teacher_key
 
+    from .reproduce import load_record_plugins
+
     record = read_record(path)
     if record["role"] == "external":
         raise KdbenchError(f"{str(path)!r} is an external record: evaluate its own --checkpoint or --robustbench")
+    load_record_plugins(record)  # a plugin's architecture, dataset or attacks
     job = job_from_config(record["config"], record["suite"])
     threads = record.get("env", {}).get("threads")
     threads = threads if isinstance(threads, int) and threads >= 1 else None
@@ -107,9 +117,10 @@ def from_record(path: Path, name: str, cache_dir: Path) -> Target:
     return Target(name, model, (job,), not job.is_teacher, threads, origin)
 
 
-def from_suite(suite, name: str, model: PretrainedTeacher, seeds, transfer: bool, cuda: bool) -> Target:
+def from_suite(suite, name: str, model: PretrainedTeacher, seeds, transfer: bool, cuda: bool, user=None) -> Target:
     """A model from elsewhere with the suite's protocol: one job per seed, whose teacher (the suite's first
-    reference teacher) is the transfer source. `cuda`: evaluated on a GPU, with the suite's [gpu] settings."""
+    reference teacher) is the transfer source. `cuda`: evaluated on a GPU, with the suite's [gpu] settings.
+    `user`: a model of the user's code (user_models.UserModel), which `model` then describes."""
     jobs = suite.jobs(cuda)
     refs = [j for j in jobs if j.is_teacher]
     base = refs[0] if refs else jobs[0]
@@ -118,7 +129,16 @@ def from_suite(suite, name: str, model: PretrainedTeacher, seeds, transfer: bool
         same = [j for j in refs if j.seed == seed and j.pair == base.pair and j.teacher_kind == base.teacher_kind]
         picked.append(same[0] if same else dataclasses.replace(base, seed=seed))
     return Target(name, model, tuple(picked), transfer and bool(refs) and suite.eval.transfer, None,
-                  {"source": model.source, "ref": model.ref})
+                  {"source": model.source, "ref": model.ref}, user.module if user else None,
+                  user.code_sha256 if user else "")
+
+
+def user_model_target(suite, name: str, user, seeds, transfer: bool, cuda: bool) -> Target:
+    """The Target of a model of the user's code (`--model`, `kdbench.evaluate`) with the suite's protocol."""
+    from .user_models import tensors_sha256
+
+    described = PretrainedTeacher(user.source, user.ref, user.arch, tensors_sha256(user.module), normalize="")
+    return from_suite(suite, check_name(name), described, seeds, transfer, cuda, user)
 
 
 def checkpoint_model(path: Path, arch: str | None, normalize: str) -> PretrainedTeacher:
@@ -162,9 +182,10 @@ def _classes_of(pre: PretrainedTeacher, arch_model, device) -> int | None:
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
 
-def load_model(pre: PretrainedTeacher, data, device, cache_dir: Path, gpu) -> torch.nn.Module:
-    """`pre` loaded for `data` and placed like a trained model, after checking that it fits the dataset: its class
-    count, and a forward pass on two test inputs that must give (2, classes) logits."""
+def load_model(pre: PretrainedTeacher, data, device, cache_dir: Path, gpu, module=None) -> torch.nn.Module:
+    """`pre` loaded for `data` (or a copy of the user's `module`, which stays as it is) and placed like a trained
+    model, after checking that it fits the dataset: its class count, and a forward pass on two test inputs that
+    must give (2, classes) logits."""
     from ..core.gpu import place
     from ..models.registry import build_model, model_input
     from ..training.pretrained import load_pretrained
@@ -176,7 +197,8 @@ def load_model(pre: PretrainedTeacher, data, device, cache_dir: Path, gpu) -> to
         if classes is not None and classes != data.num_classes:
             raise KdbenchError(f"checkpoint {pre.ref!r} predicts {classes} classes, but {what}")
     try:
-        model = load_pretrained(pre, inp, device, cache_dir)
+        model = load_pretrained(pre, inp, device, cache_dir) if module is None else \
+            copy.deepcopy(module).to(device).eval().requires_grad_(False)
     except KdbenchError as e:
         raise KdbenchError(f"{e}; evaluated on {what}") from None
     model = place(model, device, gpu).eval().requires_grad_(False)
@@ -202,12 +224,21 @@ def external_job_id(target: Target, job, weights_sha: str) -> str:
             "data": config_dict(job.data), "eval": dataclasses.asdict(job.eval), "headline_eps": job.headline_eps,
             "seed": job.seed, "transfer": job.config() if target.transfer else None,
             "threads": torch.get_num_threads()}
+    if target.code_sha256:  # a user's model: its code too
+        blob["external"]["code"] = target.code_sha256
     return digest(blob)
 
 
 def target_from_args(args, device, cache_dir: Path) -> Target:
     """The Target of `kdbench evaluate`'s arguments (--record, or --checkpoint / --robustbench with --suite)."""
     name = check_name(args.name)
+    if args.record is None and args.robustbench is None and args.model is None and args.checkpoint is None:
+        raise KdbenchError("evaluate needs the model: one of --record, --checkpoint, --model or --robustbench")
+    if args.checkpoint is not None and (args.record is not None or args.robustbench is not None):
+        raise KdbenchError("--checkpoint goes alone (a registered architecture, --arch) or with --model, not with "
+                           + ("--record" if args.record is not None else "--robustbench"))
+    if args.model is not None and args.arch:
+        raise KdbenchError("--arch does not apply to --model (the model is built by its own code)")
     if args.record is not None:
         given = [f for f, v in (("--suite", args.suite), ("--seeds", args.seeds), ("--arch", args.arch)) if v]
         if given:
@@ -218,6 +249,11 @@ def target_from_args(args, device, cache_dir: Path) -> Target:
 
     suite = with_cifar_c(with_overrides(load_suite(args.suite or "robustness"), None, args.seeds),
                          args.corruptions_from)
+    if args.model is not None:
+        from .user_models import from_spec
+
+        user = from_spec(args.model, args.checkpoint)
+        return user_model_target(suite, name, user, args.seeds, not args.no_transfer, device.type == "cuda")
     if args.checkpoint is not None:
         model = checkpoint_model(args.checkpoint, args.arch, args.normalize)
     else:
@@ -227,14 +263,15 @@ def target_from_args(args, device, cache_dir: Path) -> Target:
 
 def _model_facts(target: Target) -> dict:
     """The record's `external.model`: where the evaluated model came from."""
-    return {k: v for k, v in dataclasses.asdict(target.model).items() if v}
+    facts = {k: v for k, v in dataclasses.asdict(target.model).items() if v}
+    return {**facts, "code_sha256": target.code_sha256} if target.code_sha256 else facts
 
 
 def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir=None, download: bool = False,
-                    corruptions_from=None, quiet: bool = False) -> list[dict]:
+                    corruptions_from=None, quiet: bool = False, found: list | None = None) -> list[dict]:
     """Evaluate `target` under each of its protocol jobs and write one `external` record per job into `out`
-    (with the weights evaluated, students.py); a job whose record is there already is skipped. Returns the
-    records written. Nothing is written before the model has loaded and fit the dataset."""
+    (with the weights evaluated, students.py); a job whose record is there already is skipped (and appended to
+    `found`). Returns the records written. Nothing is written before the model has loaded and fit the dataset."""
     from ..core.gpu import job_gpu
     from ..models.registry import count_macs, count_params
     from ..records.store import environment, load_records, utc_now
@@ -252,7 +289,7 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
     with torch_threads(target.threads):
         first = target.jobs[0]
         data = ws.get_data(first.data)
-        model = load_model(target.model, data, device, ws.cache_dir, job_gpu(first, device))
+        model = load_model(target.model, data, device, ws.cache_dir, job_gpu(first, device), target.module)
         weights_sha = target.model.sha256 or f"robustbench:{target.model.ref}"
         existing = load_records(out)[0] if (Path(out) / "records").is_dir() else []
         facts = _model_facts(target)
@@ -261,13 +298,15 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
                     (rec.get("external") or {}).get("model") != facts:
                 raise KdbenchError(f"--name {target.name!r} is taken in {str(out)!r} by another model "
                                    f"({(rec.get('external') or {}).get('model', {}).get('ref')}); choose another name")
-        done = {r["job_id"] for r in existing}
+        done = {r["job_id"]: r for r in existing}
         check_writable(out, "results folder")
         for i, job in enumerate(target.jobs, start=1):
             job_id = external_job_id(target, job, weights_sha)
             progress.job(i, f"evaluate {target.name} seed {job.seed}")
             if job_id in done:
                 progress.say(f"    already evaluated: {job_id}")
+                if found is not None:
+                    found.append(done[job_id])
                 continue
             specs = job.teacher_specs()[:1] if target.transfer else []
             teachers = [get_teacher(s, job, ws, progress) for s in specs]
@@ -289,7 +328,7 @@ def evaluate_target(target: Target, out: Path, device, cache_dir: Path, data_dir
                            "protocol_job": job.config()},
                 "env": environment(device), "created": utc_now(),
             }
-            if target.model.source == "checkpoint":
+            if target.model.source != "robustbench":
                 attach_weights(record, model, data)
             with results_lock(out):
                 record_result(out, record)

@@ -10,12 +10,15 @@ import time
 import torch
 
 from ..core.gpu import autocast_dtype, job_gpu, place
+from ..core.registry import plugin_origins
 from ..data.augment import make_augmenter
 from ..evaluation.evaluate import evaluate
 from ..methods import METHODS, Batch, TrainContext
 from ..models.registry import build_model, count_macs, count_params, model_input
 from ..records.examples import pack_masks
 from ..records.store import environment, utc_now
+from ..suite.plugin_uses import job_uses
+from ..training.frozen import teachers_kept
 from ..training.loop import fit, predict_logits, seed_everything
 from ..training.teacher_cache import get_teacher
 from .transfer_cache import shared_examples
@@ -28,7 +31,7 @@ def train_student(job, data, teachers: list, ws) -> tuple[torch.nn.Module, list[
     student = place(build_model(job.pair.student, model_input(data)), ws.device, gpu)
     t = job.train
     ctx = TrainContext(num_classes=data.num_classes, input_shape=data.shape, epochs=t.epochs, adv_eps=t.adv_eps,
-                       adv_steps=t.adv_steps, adv_step_size=t.step_size())
+                       adv_steps=t.adv_steps, adv_step_size=t.step_size(), adv_warmup=t.adv_warmup)
     distiller = cls(student, teachers, dict(job.params), ctx).to(ws.device)
     x, y = data.x_train, data.y_train
     augment = make_augmenter(job.data.augment, job.seed, ws.device)
@@ -43,8 +46,9 @@ def train_student(job, data, teachers: list, ws) -> tuple[torch.nn.Module, list[
             logits = [tm(xb) for tm in teachers] if cls.uses_teacher_logits else []
         return distiller.losses(Batch(xb, y[idx], logits, progress))
 
-    history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device,
-                  amp=autocast_dtype(gpu))
+    with teachers_kept(teachers):  # a method that changes its teachers fails its job (frozen.py)
+        history = fit(distiller, distiller.trainable_parameters(), step, len(x), t.epochs, t, job.seed, ws.device,
+                      amp=autocast_dtype(gpu))
     # evaluation needs gradients with respect to the inputs only: none for the weights (cheaper attacks)
     return distiller.student.eval().requires_grad_(False), history
 
@@ -66,7 +70,7 @@ def run_job(job, ws, progress) -> dict:
 
     per_example: dict = {}
     metrics, flags, evidence, timings, eval_seconds = evaluate_job_model(job, ws, model, source, specs, data,
-                                                                         per_example)
+                                                                         per_example, history)
     teacher_info = teacher_summary(job, specs, teachers, data)
     record = {
         "schema": 1,
@@ -88,7 +92,7 @@ def run_job(job, ws, progress) -> dict:
         "flag_evidence": evidence,
         "examples": pack_masks(per_example),
         "headline_eps": job.headline_eps,
-        "train_history": history[-1:] if history else [],
+        "train_history": history,  # each epoch's mean of each loss term
         "train_seconds": round(train_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
         "eval_timings": {k: round(v, 3) for k, v in timings.items()},
@@ -96,6 +100,9 @@ def run_job(job, ws, progress) -> dict:
         "env": environment(ws.device),
         "created": utc_now(),
     }
+    plugins = plugin_origins(job_uses(job))
+    if plugins:  # the plugins whose code the job ran: file or package, where it was loaded from, full hash
+        record["plugins"] = [{k: v for k, v in dataclasses.asdict(o).items() if v} for o in plugins]
     if job.save_student and not job.is_teacher:
         from ..records.students import attach_weights
 
@@ -103,17 +110,20 @@ def run_job(job, ws, progress) -> dict:
     return record
 
 
-def evaluate_job_model(job, ws, model, source, specs, data, per_example: dict | None = None) -> tuple:
+def evaluate_job_model(job, ws, model, source, specs, data, per_example: dict | None = None,
+                       history: list | None = None) -> tuple:
     """`model` evaluated with `job`'s protocol (attacks, transfer from `source`, corruptions, CIFAR-C); returns
     (metrics, flags, flag evidence, timings, eval seconds) and fills `per_example` with the per-example
-    correctness masks (evaluate's out-parameter). Shared by run_job and `kdbench evaluate`."""
+    correctness masks (evaluate's out-parameter). `history`: the model's training losses per epoch (evidence of
+    `training-failed`). Shared by run_job and `kdbench evaluate`."""
     seed_everything(job.seed)
     timings: dict = {}
     t1 = time.perf_counter()
     transfer_cache = shared_examples(ws, job) if source is not None and job.eval.transfer else None
     metrics, flags, evidence = evaluate(model, data.x_test, data.y_test, data.num_classes, job.eval, job.seed,
                                         job.headline_eps, source=source, timings=timings,
-                                        transfer_cache=transfer_cache, per_example=per_example)
+                                        transfer_cache=transfer_cache, per_example=per_example,
+                                        train_history=history)
     if job.eval.cifar_c:  # CIFAR-10-C / CIFAR-100-C, beside the synthetic corruptions
         from ..evaluation.cifar_c import evaluate_cifar_c
 

@@ -12,8 +12,9 @@ Only who runs a job changes, never what it computes: a worker runs `job.run_job`
   crafted or read (`transfer_cache.trim_transfer` bounds them).
 - Workers are forked from the driver where that is safe (`start_method`), so they start at once with all it
   has imported; elsewhere they are spawned, and spend ~3.5 s importing torch, torch._dynamo (which every torch
-  optimizer loads) and torchattacks. Entries a script or a test registered at run time (a method of its own,
-  ...) reach spawned workers when they pickle by reference (`registry.portable_entries`).
+  optimizer loads) and torchattacks. A spawned worker imports the driver's plugins first, from the bytes the
+  driver hashed (`plugins.plugin_sources`); entries a script or a test registered at run time (a method of its
+  own, ...) reach spawned workers when they pickle by reference (`registry.portable_entries`).
 - Workers ignore Ctrl-C (the driver writes what is finished, then stops them) and exit when the driver dies
   (killed), so a re-run never finds stray workers.
 """
@@ -62,15 +63,17 @@ def start_method(device, threads: int) -> str:
 
 
 def _init_worker(device: str, threads: int, cache_dir: Path, data_dir, download: bool, corruptions_from,
-                 parent: int, entries: list) -> None:
+                 parent: int, entries: list, plugins: list) -> None:
     import torch
 
+    from ..core.plugins import import_sources
     from ..core.registry import adopt_entries
     from . import job  # noqa: F401 - every family a job uses registers its entries, before adopt_entries
     from .safety import forget_locks
     from .workspace import Workspace
 
     forget_locks()  # forked: the results lock is the driver's alone, released when it exits or is killed
+    import_sources(plugins)  # the driver's plugins (a forked worker has them already)
     adopt_entries(entries)  # a script's own methods, models, ... (kdbench's own are there already)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
@@ -156,6 +159,7 @@ class PoolExecutor:
         self.futures: dict[Future, object] = {}
 
     def open(self, todo: list, progress) -> str:
+        from ..core.plugins import plugin_sources
         from ..core.registry import portable_entries
 
         if self.fetch:
@@ -164,7 +168,7 @@ class PoolExecutor:
         self.pool = ProcessPoolExecutor(self.slots, mp_context=ctx, initializer=_init_worker,
                                         initargs=(str(self.device), self.threads, self.cache_dir, self.data_dir,
                                                   self.download, self.corruptions_from, os.getpid(),
-                                                  portable_entries()))
+                                                  portable_entries(), plugin_sources()))
         return f"{self.slots} worker processes ({ctx.get_start_method()}ed), {self.threads} thread(s) each"
 
     def submit(self, task) -> None:

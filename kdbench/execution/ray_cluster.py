@@ -1,7 +1,10 @@
 """The Ray cluster behind `run --executor ray`: checking the executor's inputs, connecting (or starting a Ray
-instance on this machine), what the cluster has room for, and what a failed task's error means."""
+instance on this machine), what the cluster has room for, the runtime environment that carries the plugins to
+the workers, and what a failed task's error means."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ..core.errors import KdbenchError
 from ..suite.configs import ExecutorConfig
@@ -33,9 +36,9 @@ def check_device(device_name: str, res: ExecutorConfig) -> None:
                            "drop one of them")
 
 
-def connect(ray, address: str | None) -> bool:
-    """Connect to the cluster at `address`, or start a Ray instance on this machine. True when this call
-    initialised Ray (and so shuts it down at the end)."""
+def connect(ray, address: str | None, runtime_env: dict | None = None) -> bool:
+    """Connect to the cluster at `address`, or start a Ray instance on this machine, with `runtime_env` for every
+    task of the run (plugin_runtime_env). True when this call initialised Ray (and so shuts it down at the end)."""
     if ray.is_initialized():
         return False
     if address and address != "auto":
@@ -43,8 +46,11 @@ def connect(ray, address: str | None) -> bool:
     kwargs = {"logging_level": "WARNING", "configure_logging": True}
     from ..core.machine import kernel_settings
 
+    runtime_env = dict(runtime_env or {})
     if kernel_settings():  # pinned CPU kernels (machine.py): the workers read them before torch first runs
-        kwargs["runtime_env"] = {"env_vars": kernel_settings()}
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **kernel_settings()}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -70,6 +76,24 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     except OSError as e:
         raise KdbenchError(f"cannot connect to the Ray cluster at {address!r}: {e.strerror or e}; start it with "
                            f"`ray start --head --port {port}` on {host}") from None
+
+
+def plugin_runtime_env(folder: Path) -> dict | None:
+    """Ray's runtime environment that carries this process's plugins (core/plugins.py) to every worker of the run
+    (Ray takes local files at `ray.init` only), so that a node without their files runs their jobs: each plugin
+    file, written into `folder` as `<its module>.py` from the bytes that were hashed, and each module plugin's
+    source (its package folder or file), as `py_modules`. None when there is no plugin."""
+    from ..core.plugins import loaded
+
+    modules = []
+    for plugin in loaded():
+        if plugin.origin.kind == "file":
+            path = Path(folder) / f"{plugin.module}.py"
+            path.write_bytes(plugin.code)
+            modules.append(str(path))
+        elif plugin.origin.path:
+            modules.append(plugin.origin.path)
+    return {"py_modules": modules} if modules else None
 
 
 def fits_somewhere(ray, res: ExecutorConfig) -> bool:

@@ -15,6 +15,10 @@ the job ids, the records and the numbers are those of the local executor (same d
   workers need no shared filesystem; a state dict is loaded with `weights_only=True`, as from the cache.
 - Tasks reserve `cpus_per_job` CPUs (torch runs on that many threads) and `gpus_per_job` GPUs (from the suite's
   `[executor]` table or the command line); a job's task returns its record.
+- Plugins: every task imports the driver's plugins first (core/plugins.py); their files travel with the run in
+  Ray's runtime environment (`py_modules` of `ray.init`, ray_cluster.plugin_runtime_env), so a node without them
+  runs their jobs, and a worker checks each file's SHA-256 against the driver's. (When Ray was initialised before
+  the run, in a notebook, a worker reads a plugin file from where the driver loaded it.)
 - Faults: a task whose worker process or node dies is re-run up to `max_retries` times; after that, or when
   the job itself raises, the job is recorded under failures/ like a local failure and the grid goes on.
   Ctrl-C keeps every record written so far (and writes those that are ready) and cancels the rest.
@@ -38,7 +42,7 @@ from ..suite.load import Suite
 from ..training.teacher_cache import preload_teacher, teacher_config, teacher_path, train_teacher
 from ..training.teachers import teacher_key
 from .job import run_job
-from .ray_cluster import check_device, connect, failure, fits_somewhere, import_ray, slots
+from .ray_cluster import check_device, connect, failure, fits_somewhere, import_ray, plugin_runtime_env, slots
 from .run_output import RunResult
 from .run_plan import JOB, TEACHER, Done
 from .run_progress import Progress
@@ -75,12 +79,15 @@ def _worker_data(cfg, data_box: list, device):
 
 
 def _workspace(job, where: tuple, teachers: tuple, corruptions_from=None) -> Workspace:
-    """A workspace for `job` on this worker, `where` = (data box, device name, threads, GPUs), holding its
-    teachers (one payload each, in the order of `job.teacher_specs()`: ("state", name, checkpoint bytes) or
-    ("module", name, nn.Module))."""
+    """A workspace for `job` on this worker, `where` = (data box, device name, threads, GPUs, the driver's
+    plugins), holding its teachers (one payload each, in the order of `job.teacher_specs()`: ("state", name,
+    checkpoint bytes) or ("module", name, nn.Module))."""
     import tempfile
 
-    data_box, device_name, threads, gpus = where
+    from ..core.plugins import import_sources
+
+    data_box, device_name, threads, gpus, plugins = where
+    import_sources(plugins)  # before anything names a plugin's entry
     device = _worker_device(device_name, threads, gpus)
     configure_backend(job_gpu(job, device))
     # the cache folder is never read: every teacher is preloaded (a worker has no access to the driver's cache)
@@ -173,13 +180,18 @@ class RayExecutor:
         self.data: dict = {}  # data config -> [ObjectRef] (in a list: a task fetches it only when it needs it)
         self.inputs: dict = {}  # data config -> ModelInput, or the error loading the data raised
         self.failed_now: list = []  # Done of tasks that failed before reaching the cluster
+        self.plugins, self.runtime_env, self.shipped = [], None, None  # the plugins, and the folder carrying them
 
     def open(self, todo: list, progress) -> str:
         from ..data import load as data_mod
         from ..models.registry import model_input
 
         ray = self.ray
-        self.owned = connect(ray, self.address)
+        self._ship_plugins()
+        self.owned = connect(ray, self.address, self.runtime_env)
+        if self.runtime_env and not self.owned:
+            progress.say("note: Ray was initialised before this run, without the plugins' files: each node reads "
+                         "them from where this process loaded them")
         if not fits_somewhere(ray, self.res):
             msg = (f"no node of the Ray cluster has {self.res.cpus_per_job} CPU(s) and {self.res.gpus_per_job:g} "
                    f"GPU(s) for one job; lower cpus_per_job / gpus_per_job")
@@ -198,6 +210,16 @@ class RayExecutor:
             self.data[cfg] = [ray.put(data)]
             del data
         return f"{self.slots} job(s) at a time"
+
+    def _ship_plugins(self) -> None:
+        import tempfile
+
+        from ..core.plugins import plugin_sources
+
+        self.plugins = plugin_sources(with_code=False)
+        if self.plugins:
+            self.shipped = tempfile.TemporaryDirectory(prefix="kdbench-plugins-")
+            self.runtime_env = plugin_runtime_env(Path(self.shipped.name))
 
     def _options(self, name: str, returns: int = 1) -> dict:
         # the task's name is the worker's process title: `ps` shows which job a worker runs
@@ -235,7 +257,8 @@ class RayExecutor:
         try:
             if isinstance(self.inputs[job.data], BaseException):
                 raise self.inputs[job.data]
-            where = (self.data[job.data], self.device_name, self.res.cpus_per_job, self.res.gpus_per_job)
+            where = (self.data[job.data], self.device_name, self.res.cpus_per_job, self.res.gpus_per_job,
+                     self.plugins)
             if task.kind == TEACHER:
                 path = teacher_path(self.cache_dir, task.cache_key)
                 ref, seconds = self.fns[TEACHER].options(**self._options(f"training {task.label} [{task.cache_key}]",
@@ -285,3 +308,5 @@ class RayExecutor:
                 self.ray.cancel(ref, force=True)
         if self.owned:
             self.ray.shutdown()
+        if self.shipped is not None:
+            self.shipped.cleanup()

@@ -3,6 +3,10 @@ kernels the re-run must be bit-for-bit equal; on another machine each metric may
 in the suite's baseline (`check --update-baseline --variation`, machine_variation.py), and by per-example noise
 (rerun_noise.py) where the baseline measured none; a larger difference fails, and each metric says what it could
 have detected.
+
+A record of a job that used plugins names each (its file and full SHA-256, or its package and version): they are
+imported again from where the record says (or from `--plugin`), and a plugin whose code changed since the record is
+one error saying so, since the job's code is then not the record's.
 """
 
 from __future__ import annotations
@@ -82,6 +86,37 @@ def compare_rerun(record: dict, again: dict, tolerance: float | None, variation:
     return 0 if not bad else 1
 
 
+def load_record_plugins(record: dict) -> None:
+    """Import the plugins `record` names (unless imported already with the same hash); one error for a plugin that
+    is gone or whose code changed since the record."""
+    import hashlib
+
+    from ..core.plugins import load_file, load_module, loaded
+
+    have = {p.origin.sha256 for p in loaded()}
+    for p in record.get("plugins", []):
+        if p.get("sha256") in have:
+            continue
+        if p.get("kind") == "file":
+            path = Path(p.get("path", ""))
+            if not path.is_file():
+                raise KdbenchError(f"the record's plugin file {p.get('name')!r} is not at {str(path)!r} any more: give "
+                                   "it with --plugin FILE")
+            now = hashlib.sha256(path.read_bytes()).hexdigest()
+            if now != p["sha256"]:
+                raise KdbenchError(f"plugin file {str(path)!r} changed since the record (sha256 {p['sha256'][:12]} "
+                                   f"then, {now[:12]} now): the job's code is not the record's; re-run its suite "
+                                   "(the plugin's jobs get new ids), or give the record's version with --plugin")
+            load_file(path)
+            continue
+        origin = load_module(p.get("module") or p["name"]).origin
+        if (origin.version, origin.sha256) != (p.get("version", ""), p["sha256"]):
+            raise KdbenchError(f"plugin {p['kind']} {p['name']!r} changed since the record (version "
+                               f"{p.get('version') or '-'}, sha256 {p['sha256'][:12]} then; version "
+                               f"{origin.version or '-'}, sha256 {origin.sha256[:12]} now): the job's code is not "
+                               "the record's; re-run its suite")
+
+
 def rerun_record(path: Path, device_name: str, cache_dir: Path | None, data_dir: Path | None,
                  corruptions_from: Path | None, quiet: bool, kernels: str | None = None) -> tuple[dict, dict]:
     """(the record at `path`, a re-run of its job on this machine with the record's thread count, on `kernels`,
@@ -103,6 +138,7 @@ def rerun_record(path: Path, device_name: str, cache_dir: Path | None, data_dir:
     if record["role"] == "external":
         raise KdbenchError(f"{str(path)!r} is an external record: evaluate its model again with "
                            "kdbench evaluate")
+    load_record_plugins(record)
     job = job_from_config(record["config"], record["suite"])
     if job.job_id != record["job_id"]:
         raise KdbenchError(f"the record's config hashes to {job.job_id}, not its job id {record['job_id']}: "

@@ -12,7 +12,8 @@ before anything runs (each architecture built once and run on one example to rea
 - activations: the largest model's layer outputs per example (summed over its layers, as a backward pass keeps
   them) times the larger of the training and evaluation batch, with a margin (`ACTIVATION_MARGIN`: backward
   passes of cnn-large, ResNet-18 and MobileNetV2 on the CPU used 0.8-1.3x that sum, measured);
-- transfer examples: one set per (teacher, seed), at most `transfer_cache.TRANSFER_BUDGET` kept.
+- transfer examples: one set per (first teacher, seed) of the students evaluated on them, at most
+  `transfer_cache.TRANSFER_BUDGET` kept.
 The available memory is /proc/meminfo's MemAvailable (else os.sysconf's available pages), lowered to a cgroup's
 limit where one is set (containers). The cap keeps the estimate of all workers within `MEMORY_SHARE` of it.
 `--workers N` is taken as given.
@@ -79,12 +80,13 @@ def model_size(arch: str, shape: tuple[int, int, int], num_classes: int) -> tupl
 def worker_memory(suite) -> WorkerMemory:
     """The peak memory of one worker running the jobs of `suite` (see the module docstring)."""
     from .estimate import data_shape
-    from .transfer_cache import TRANSFER_BUDGET
+    from .transfer_cache import TRANSFER_BUDGET, needs_transfer
 
     ds = data_shape(suite)
     example = math.prod(ds.shape) * FLOAT
     teachers, students = set(), set()
-    for job in suite.jobs():
+    jobs = suite.jobs()
+    for job in jobs:
         if not job.is_teacher:
             students.add(job.pair.student)
         for spec in job.teacher_specs():
@@ -94,9 +96,11 @@ def worker_memory(suite) -> WorkerMemory:
     sizes = {a: model_size(a, ds.shape, ds.num_classes) for a in {t[0] for t in teachers} | students}
     weights = sum(sizes[t[0]][0] for t in teachers) + max((5 * sizes[s][0] for s in students), default=0)
     weights += max((sizes[t[0]][0] for t in teachers), default=0)  # a folded copy for the transfer attack
-    batch = max(suite.train.batch_size, suite.eval.batch_size)
+    batch = max(max(j.train.batch_size for j in jobs), suite.eval.batch_size)  # a method's own batch included
     per_example = max((act for _, act in sizes.values()), default=0)
-    sets = len({(t[0], t[1], t[2]) for t in teachers}) * len(suite.seeds) if suite.eval.transfer else 0
+    # one set per (first teacher, student seed): a teacher's seed is its students' (extra ensemble members have
+    # seeds of their own, but only the first teacher crafts), so this is no more than one per teacher
+    sets = len({(j.teacher_specs()[0], j.seed) for j in jobs if needs_transfer(j)})
     one_set = ds.n_test * example * len(suite.eval.eps)
     return WorkerMemory(data=(ds.n_train + ds.n_test) * (example + 8), models=weights * FLOAT,
                         activations=int(per_example * min(batch, max(ds.n_train, ds.n_test)) * ACTIVATION_MARGIN),

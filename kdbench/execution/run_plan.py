@@ -83,7 +83,7 @@ def plan_run(todo: list, cache_dir: Path, threads: int) -> Plan:
     # the costliest teachers first: the jobs waiting for them are the costliest too (adversarial teachers
     # and ARD/RSLAD students), so they start early and cheaper jobs fill the end, where a worker would idle
     passes: dict = {}
-    order = sorted(teachers.values(), key=lambda t: -teacher_cost(t.spec, t.job.train, passes))
+    order = sorted(teachers.values(), key=lambda t: -teacher_cost(t.spec, t.job.teacher_training(), passes))
     return Plan([*order, *transfers.values(), *jobs], ready, len(teachers), len(transfers))
 
 

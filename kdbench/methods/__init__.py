@@ -12,6 +12,7 @@ from . import defensive  # noqa: F401,E402
 from . import adversarial  # noqa: F401,E402
 from . import dtkd  # noqa: F401,E402
 from . import at  # noqa: F401,E402
+from . import at_l2  # noqa: F401,E402
 from . import trades  # noqa: F401,E402
 from . import iad  # noqa: F401,E402
 from . import adaad  # noqa: F401,E402

@@ -9,8 +9,11 @@ not depend on x', so both have the same gradient.
 `kl_reduction` (every method here): "batchmean" (default) sums each example's KL over the classes and averages
 over the batch, the KL's definition; "mean" averages over batch x classes, as the ARD and RSLAD reference codes
 do (PyTorch's KLDivLoss default there; 1/C of "batchmean"). Under SGD the scale acts like a C-times learning rate
-and a 1/C weight decay, so suites that reproduce a paper's SGD setup use "mean". How each default compares with
-the reference code: docs/methods-adversarial.md.
+and a 1/C weight decay, so suites that reproduce a paper's SGD setup use "mean".
+
+`attack_mode` (every method here, inner_attack.py): the student's mode during the inner attack, "train" (batch
+statistics; the attack's passes update the running statistics) or "eval", each method's default its reference
+code's. How each default compares with the reference code: docs/methods-adversarial.md.
 """
 
 from __future__ import annotations
@@ -22,23 +25,28 @@ import torchattacks
 from ..core.bounds import POSITIVE, WEIGHT
 from ..core.gpu import full_precision
 from .base import KL_REDUCTIONS, Batch, Distiller, kd_loss, kl_soft, register_method
+from .inner_attack import ATTACK_MODES, set_attack_mode, warm_up
 
 
 class AdversarialDistiller(Distiller):
+    """A student attacked by torchattacks' PGD during training; its `attack_mode` parameter sets the student's
+    mode during the attack."""
+
     teacher_kind = "adversarial"
-    attack_in_train_mode = False  # torchattacks' default: the attack sees the student in eval mode
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
         self.pgd = torchattacks.PGD(student, eps=ctx.adv_eps, alpha=ctx.adv_step_size, steps=ctx.adv_steps,
                                     random_start=True)
-        if self.attack_in_train_mode:  # the student's own mode (train, batch-norm statistics included)
-            self.pgd.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
+        set_attack_mode(self.pgd, self.params["attack_mode"])
 
-    def perturb(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """x' maximising CE(student(x'), target) (hard labels) or KL(target || student(x')) (soft labels).
-        torchattacks sets the student's mode for the attack (eval, or train with `attack_in_train_mode`) and
-        restores it afterwards; the attack runs in float32 even when the training step runs under autocast."""
+    def perturb(self, x: torch.Tensor, target: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
+        """x' maximising CE(student(x'), target) (hard labels) or KL(target || student(x')) (soft labels), within
+        the eps of the training step at `progress` (train.adv_warmup). torchattacks sets the student's mode for
+        the attack (`attack_mode`) and restores it afterwards; the attack runs in float32 even when the training
+        step runs under autocast."""
+        c = self.ctx
+        warm_up(self.pgd, c.adv_eps, c.adv_step_size, c.adv_warmup, progress)
         with full_precision(x):
             return self.pgd(x, target).detach()
 
@@ -53,13 +61,14 @@ class ARD(AdversarialDistiller):
     loss = alpha * T^2 * KL(softmax(t(x)/T) || softmax(s(x')/T)) + (1 - alpha) * CE(s(x), y)
     Defaults T = 30 and alpha = 1 are the paper's CIFAR-10 settings and the reference code's (the CE term is off
     unless alpha < 1). The reference code runs the attack with the student in train mode (batch statistics, and
-    running statistics updated by the attack's forward passes); so does this one.
+    running statistics updated by the attack's forward passes; main.py, `net.train()` before `AttackPGD`); so
+    does this one by default (`attack_mode = "train"`). Its KL is nn.KLDivLoss()'s mean over batch x classes
+    (`kl_reduction = "mean"`; kdbench's default "batchmean" is the KL's definition).
     """
 
-    defaults = {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean"}
+    defaults = {"temperature": 30.0, "alpha": 1.0, "kl_reduction": "batchmean", "attack_mode": "train"}
     bounds = {"temperature": POSITIVE, "alpha": WEIGHT}
-    choices = {"kl_reduction": KL_REDUCTIONS}
-    attack_in_train_mode = True
+    choices = {"kl_reduction": KL_REDUCTIONS, "attack_mode": ATTACK_MODES}
     baselines = ("ce", "at")
 
     def adversarial_target(self, batch: Batch) -> torch.Tensor:
@@ -68,7 +77,7 @@ class ARD(AdversarialDistiller):
     def losses(self, batch: Batch):
         T, alpha = self.params["temperature"], self.params["alpha"]
         t = batch.teacher_logits[0]
-        x_adv = self.perturb(batch.x, self.adversarial_target(batch))
+        x_adv = self.perturb(batch.x, self.adversarial_target(batch), batch.progress)
         terms = {"kd_adv": alpha * kd_loss(self.student(x_adv), t, T, self.params["kl_reduction"])}
         if alpha < 1:
             terms["ce"] = (1 - alpha) * F.cross_entropy(self.student(batch.x), batch.y)
@@ -82,10 +91,11 @@ class ARDKL(ARD):
     x' = argmax_{||x' - x||_inf <= eps} KL(softmax(t(x)) || softmax(s(x')))     (PGD, the student in eval mode)
     loss = alpha * T^2 * KL(softmax(t(x)/T) || softmax(s(x')/T)) + (1 - alpha) * CE(s(x), y)
     This was kdbench's `ard` before protocol 5. Against RSLAD it differs only in the outer loss (T = 30, no clean
-    term), so it isolates RSLAD's outer loss; against `ard` it isolates the inner one.
+    term), so it isolates RSLAD's outer loss; against `ard` it isolates the inner one (its attack, like RSLAD's,
+    sees the student in eval mode).
     """
 
-    attack_in_train_mode = False
+    defaults = {**ARD.defaults, "attack_mode": "eval"}
 
     def adversarial_target(self, batch: Batch) -> torch.Tensor:
         return F.softmax(batch.teacher_logits[0], dim=1)
@@ -99,16 +109,18 @@ class RSLAD(AdversarialDistiller):
 
     x' = argmax_{||x' - x||_inf <= eps} KL(softmax(t(x)) || softmax(s(x')))    (PGD, the student in eval mode)
     loss = 5/6 * KL(softmax(t(x)) || softmax(s(x'))) + 1/6 * KL(softmax(t(x)) || softmax(s(x)))
+    The reference code attacks with the student in eval mode (rslad_loss.py, `model.eval()` before the attack),
+    as here; its KL is averaged over batch x classes (`kl_reduction = "mean"`).
     """
 
-    defaults = {"adv_weight": 5 / 6, "kl_reduction": "batchmean"}
+    defaults = {"adv_weight": 5 / 6, "kl_reduction": "batchmean", "attack_mode": "eval"}
     bounds = {"adv_weight": WEIGHT}
-    choices = {"kl_reduction": KL_REDUCTIONS}
+    choices = {"kl_reduction": KL_REDUCTIONS, "attack_mode": ATTACK_MODES}
     baselines = ("ce", "at")
 
     def losses(self, batch: Batch):
         w, red = self.params["adv_weight"], self.params["kl_reduction"]
         p_t = F.softmax(batch.teacher_logits[0], dim=1)
-        x_adv = self.perturb(batch.x, p_t)
+        x_adv = self.perturb(batch.x, p_t, batch.progress)
         return {"kl_adv": w * kl_soft(self.student(x_adv), p_t, reduction=red),
                 "kl_clean": (1 - w) * kl_soft(self.student(batch.x), p_t, reduction=red)}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.bounds import Bound
+from ..core.errors import KdbenchError
 from ..core.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -42,6 +43,7 @@ class TrainContext:
     adv_eps: float
     adv_steps: int
     adv_step_size: float
+    adv_warmup: float = 0.0  # fraction of training over which the inner attack's eps ramps up (inner_attack.py)
 
 
 @dataclass
@@ -99,15 +101,26 @@ class Distiller(nn.Module):
         return {}
 
     @classmethod
+    def params_problem(cls, params: dict[str, Any]) -> str:
+        """What is wrong with a combination of parameters that each lie in their range ("" when nothing is);
+        checked when a suite is read."""
+        return ""
+
+    @classmethod
     def teacher_specs(cls, params: dict[str, Any], arch: str, kind: str | None, seed: int) -> list[TeacherSpec]:
         """The teachers a job of this method needs (none when `kind` is None)."""
         return [] if kind is None else [TeacherSpec(arch, kind, seed)]
 
 
 def register_method(name: str):
-    """Class decorator: `@register_method("kd")` registers a Distiller subclass under `name`."""
+    """Class decorator: `@register_method("kd")` registers a Distiller subclass under `name`. A class that is no
+    Distiller, or defines no `losses(batch)`, is refused (one error naming it)."""
 
     def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise KdbenchError(f"method {name!r}: {getattr(cls, '__name__', cls)!r} is not a subclass of Distiller")
+        if cls.losses is Distiller.losses:
+            raise KdbenchError(f"method {name!r}: {cls.__name__} defines no losses(batch) -> dict[str, Tensor]")
         doc = (cls.__doc__ or "").strip()
         cls.name = name
         # its own summary or docstring, never one inherited from the class it extends

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from ..core.bounds import NON_NEGATIVE, WEIGHT
 from .adversarial import AdversarialDistiller
-from .base import Batch, TeacherSpec, kl_soft, register_method
+from .base import KL_REDUCTIONS, Batch, TeacherSpec, kl_soft, register_method
+from .inner_attack import ATTACK_MODES
 
 
 @register_method("mtard")
@@ -29,14 +30,17 @@ class MTARD(AdversarialDistiller):
 
     Paper vs code (zhaoshiji123/MTARD, mtard_resnet18_cifar10.py, mtard_loss.py): the reference code starts
     the attack at x + 0.001 N(0, I) (kdbench: uniformly in the eps-ball, as its other PGD-trained students);
-    it averages each KL over classes too and adds 1e-5 inside the log (kdbench: batch mean of the exact KL,
-    so both terms are 10x larger on 10 classes, with the same weights); and it divides eta by 10 at each of
-    its learning-rate decays (epochs 215, 260, 285 of 300), which kdbench's cosine schedule does not have:
-    eta stays constant here.
+    it attacks with the student in eval mode (`model.eval()` in mtard_inner_loss_ce; `attack_mode = "eval"`,
+    the default); it averages each KL over classes too (`torch.mean`: `kl_reduction = "mean"`; the default
+    "batchmean" is 10x larger on 10 classes, with the same weights, since the weights follow ratios of the
+    losses) and adds 1e-5 inside the log (kdbench: the exact KL); and it divides eta by 10 at each of its
+    learning-rate decays (epochs 215, 260, 285 of 300), which kdbench's cosine schedule does not have: eta
+    stays constant here.
     """
 
-    defaults = {"eta": 0.025, "bert": 1.0}
+    defaults = {"eta": 0.025, "bert": 1.0, "kl_reduction": "batchmean", "attack_mode": "eval"}
     bounds = {"eta": WEIGHT, "bert": NON_NEGATIVE}
+    choices = {"kl_reduction": KL_REDUCTIONS, "attack_mode": ATTACK_MODES}
     baselines = ("ce", "at")
 
     @classmethod
@@ -57,11 +61,12 @@ class MTARD(AdversarialDistiller):
 
     def losses(self, batch: Batch):
         t_nat = batch.teacher_logits[1]
-        x_adv = self.perturb(batch.x, batch.y)
+        red = self.params["kl_reduction"]
+        x_adv = self.perturb(batch.x, batch.y, batch.progress)
         with torch.no_grad():
             t_rob_adv = self.teacher(x_adv)
-        l_adv = kl_soft(self.student(x_adv), F.softmax(t_rob_adv, dim=1))
-        l_nat = kl_soft(self.student(batch.x), F.softmax(t_nat, dim=1))
+        l_adv = kl_soft(self.student(x_adv), F.softmax(t_rob_adv, dim=1), reduction=red)
+        l_nat = kl_soft(self.student(batch.x), F.softmax(t_nat, dim=1), reduction=red)
         with torch.no_grad():  # on the device, no host sync: the weights are buffers
             now = torch.stack([l_adv, l_nat]).detach()
             self.start.copy_(torch.where(torch.isnan(self.start), now, self.start))

@@ -96,8 +96,8 @@ def environment(device) -> dict:
     import torch
     import torchattacks
 
-    from .. import __version__
     from ..core.machine import cpu_info, gpu_name
+    from ..core.version import __version__
 
     return {"kdbench": __version__, "torch": torch.__version__, "torchattacks": torchattacks.__version__,
             "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),

@@ -3,23 +3,29 @@ model>/<Model>.json` entries, written by the report step as a pure function of t
 
 A card says what the row's model is (dataset, threat model and eps, architecture, parameters and MACs), how it
 was made (teacher with its own clean and robust accuracy, method and hyper-parameters, training settings), what
-it scored (clean, worst case, each attack, transfer, corruptions, sanity flags; mean, std and each seed), what it
-cost (train and eval seconds, device, versions) and which weights these are (file and SHA-256 per seed).
+it scored (clean, worst case in each threat model, each attack, transfer, certified accuracy, corruptions,
+calibration, sanity flags, how much the convergence check lowered the worst case; mean, std and each seed, over
+the seeds that count: a seed whose training failed is listed in `failed_seeds` instead), what it cost (train and
+eval seconds, device, versions) and which weights these are (file and SHA-256 per seed).
 
 Accuracies are fractions in [0, 1] stored as numbers (RobustBench stores percent strings). The RobustBench key
 names are kept where they mean the same: `name`, `dataset`, `architecture`, `eps`, `clean_acc`,
 `additional_data`, `number_forward_passes`; `worst_case_acc` is the per-example worst case over every attack
-kdbench ran at the headline eps, and `autoattack_acc` appears when an AutoAttack metric is recorded.
+kdbench ran at the headline eps, and `autoattack_acc` appears when an AutoAttack metric is recorded. With an L2
+threat model, `threat_models` names both (norm -> headline radius) and `l2_worst_case_acc` is the L2 worst case at
+the L2 headline radius; `certified` holds the certified accuracies of randomized smoothing and `calibration` the
+ECE, NLL and Brier score (better lower) on clean data and under the corruptions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 
-from ..core.metric_names import at_eps
-from .rows import group_key, row_label
+from ..core.metric_names import LOWER_IS_BETTER, at_eps, try_parse
+from .rows import counted, eval_config, group_key, row_label
 
 CARD_SCHEMA = 1
 CARDS_DIR = "cards"
@@ -35,11 +41,12 @@ def card_file(key: tuple) -> str:
 
 
 def _stats(values: dict) -> dict:
-    """{seed: value} -> mean, std (sample, 0 for one seed) and the values per seed."""
+    """{seed: value} -> mean, std (sample; null for one seed, which measures no spread) and the values per seed."""
     from ..stats.spread import mean_std
 
     mean, std = mean_std(list(values.values()))
-    return {"mean": mean, "std": std, "per_seed": {str(s): v for s, v in sorted(values.items())}}
+    return {"mean": mean, "std": None if math.isnan(std) else std,
+            "per_seed": {str(s): v for s, v in sorted(values.items())}}
 
 
 def _metric(recs: list[dict], name: str) -> dict | None:
@@ -56,8 +63,8 @@ def teacher_card(info: dict | None, records: list[dict], eps: str) -> dict | Non
     from its reference records (same dataset, architecture and kind)."""
     if not info:
         return None
-    refs = [r for r in records if r["role"] == "teacher" and r["student"]["arch"] == info.get("arch")
-            and r.get("teacher_kind") == info.get("kind")]
+    refs = counted([r for r in records if r["role"] == "teacher" and r["student"]["arch"] == info.get("arch")
+                    and r.get("teacher_kind") == info.get("kind")])[0]
     out = {k: info.get(k) for k in ("kind", "arch", "params", "macs", "seeds", "pretrained") if info.get(k) is not None}
     out["clean_acc"] = _mean([r["metrics"]["clean"] for r in refs if "clean" in r["metrics"]])
     if out["clean_acc"] is None:  # no reference record: the clean accuracy the student job measured
@@ -69,22 +76,29 @@ def teacher_card(info: dict | None, records: list[dict], eps: str) -> dict | Non
 
 
 def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str, label: str) -> dict:
-    """The card of one leaderboard row from its records (one per seed)."""
+    """The card of one leaderboard row from its records (one per seed): its scores over the seeds that count,
+    the seeds whose training failed (`rows.counted`) listed apart."""
     recs = sorted(recs, key=lambda r: r["seed"])
     first = recs[0]
+    kept, failed = counted(recs)
     headline = first.get("headline_eps")
     e = f"{headline:g}" if headline is not None else ""
-    names = sorted({m for r in recs for m in r["metrics"]})
-    attacks = [m for m in names if "@" in m and not m.startswith(("robust@", "sweep@"))]
+    names = sorted({m for r in kept for m in r["metrics"]})
+    kinds = {m: (try_parse(m).kind if try_parse(m) else "") for m in names}
+    worst_kinds, not_attacks = ("robust", "robust-l2"), ("robust", "robust-l2", "sweep", "certified-l2")
+    attacks = [m for m in names if "@" in m and kinds[m] not in not_attacks]
     corruption = [m for m in names if m.startswith(("corruption/", "cifar-c/")) or m in ("mca", "relative_mca")]
+    calibration = [m for m in names if kinds[m] in LOWER_IS_BETTER]
+    h2 = eval_config(first).get("headline_eps_l2")
+    worst_l2 = _metric(kept, at_eps("robust-l2", h2)) if h2 is not None else None
     flags: dict[str, int] = {}
     for r in recs:
         for f in r["flags"]:
             flags[f] = flags.get(f, 0) + 1
     config = first.get("config") or {}
     env = [r.get("env") or {} for r in recs]
-    clean, worst, aa = (_metric(recs, "clean"), _metric(recs, at_eps("robust", e)),
-                        _metric(recs, at_eps("autoattack", e)))
+    clean, worst, aa = (_metric(kept, "clean"), _metric(kept, at_eps("robust", e)),
+                        _metric(kept, at_eps("autoattack", e)))
     card = {
         "card_schema": CARD_SCHEMA,
         "name": label,
@@ -92,6 +106,7 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "dataset": first["dataset"],
         "threat_model": "Linf",
         "eps": headline,
+        **({"threat_models": {"Linf": headline, "L2": h2}} if h2 is not None else {}),
         "eps_scale": "[0, 1] pixel values",
         "architecture": first["student"]["arch"],
         "params": first["student"].get("params"),
@@ -104,15 +119,23 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         "teacher": teacher_card(first.get("teacher"), all_records, e),
         "training": config.get("train"),
         "evaluation": config.get("eval") or (config.get("protocol_job") or {}).get("eval"),
-        "seeds": [r["seed"] for r in recs],
+        "seeds": [r["seed"] for r in kept],
+        "failed_seeds": [{"seed": r["seed"], "clean": r["metrics"].get("clean"),
+                          "record": f"records/{r['job_id']}.json"} for r in failed],
         "clean_acc": clean["mean"] if clean else None,
         "worst_case_acc": worst["mean"] if worst else None,
         **({"autoattack_acc": aa["mean"]} if aa else {}),
-        "metrics": {"clean": clean, at_eps("robust", e): worst},
-        "per_attack": {m: _metric(recs, m) for m in attacks},
-        "worst_case": {m: _metric(recs, m) for m in names if m.startswith("robust@")},
-        "corruptions": {m: _metric(recs, m) for m in corruption},
+        **({"l2_worst_case_acc": worst_l2["mean"]} if worst_l2 else {}),
+        "metrics": {"clean": clean, at_eps("robust", e): worst,
+                    **({at_eps("robust-l2", h2): worst_l2} if worst_l2 else {})},
+        "per_attack": {m: _metric(kept, m) for m in attacks},
+        "worst_case": {m: _metric(kept, m) for m in names if kinds[m] in worst_kinds},
+        "corruptions": {m: _metric(kept, m) for m in corruption},
+        "calibration": {m: _metric(kept, m) for m in calibration},
+        **({"certified": {m: _metric(kept, m) for m in names if kinds[m] == "certified-l2"},
+            "certify": eval_config(first).get("certify")} if any(kinds[m] == "certified-l2" for m in names) else {}),
         "flags": flags,
+        "convergence_drop": _convergence_drop(kept),
         "compute": {
             "train_seconds": {str(r["seed"]): r.get("train_seconds") for r in recs},
             "eval_seconds": {str(r["seed"]): r.get("eval_seconds") for r in recs},
@@ -129,6 +152,16 @@ def build_card(key: tuple, recs: list[dict], all_records: list[dict], suite: str
         card["external"] = {k: v for k, v in (first.get("external") or {}).items() if k != "protocol_job"}
         card["transfer_source"] = first.get("transfer_source")
     return card
+
+
+def _convergence_drop(recs: list[dict]) -> dict | None:
+    """How much the convergence check (the strongest attack at 2x steps with restarts) lowered the worst case at
+    the headline eps: mean, std and per seed, over the seeds whose records hold the check."""
+    from ..evaluation.sanity import convergence_check
+
+    checks = {r["seed"]: convergence_check(r.get("flag_evidence") or {}) for r in recs}
+    drops = {s: c["robust"] - c["robust_with_strong_attack"] for s, c in checks.items() if c}
+    return _stats(drops) if drops else None
 
 
 def build_cards(records: list[dict], suite: str) -> dict[str, dict]:

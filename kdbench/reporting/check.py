@@ -31,21 +31,25 @@ import pandas as pd
 
 from ..core.errors import KdbenchError
 from ..core.machine import same_machine
-from ..core.metric_names import try_parse
+from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, try_parse
 from ..records.examples import masks_of
 from ..stats.machine_variation import Variation, detectable, tolerance
 from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd
 from ..suite.configs import CheckConfig
 from .rows import row_label
 
-# Metric kinds (metric_names.py) checked whatever the attacks' entries say: whole-test accuracies, the worst case
-# and transfer per eps, and the noise sweeps' areas under the curve.
-CHECKED_WHOLE, CHECKED_AT_EPS, CHECKED_FAMILIES = ("clean", "mca"), ("robust", "transfer"), ("noise-auc",)
+# Metric kinds (metric_names.py) checked whatever the attacks' entries say: whole-test accuracies and calibration
+# errors, the worst case (each norm), transfer and the certified accuracy per eps, and the noise sweeps' areas under
+# the curve. A calibration error (better lower) regresses when it rises.
+CHECKED_WHOLE = ("clean", "mca") + LOWER_IS_BETTER
+CHECKED_AT_EPS = ("robust", "transfer", "robust-l2", "certified-l2")
+CHECKED_FAMILIES = ("noise-auc",)
 
 
 def is_checked(metric: str) -> bool:
-    """Whether the regression gate compares `metric`: clean, mca, the worst case, transfer, the noise-sweep AUCs,
-    and `<attack>@<eps>` (or `<attack>/<component>@<eps>`) of every attack whose registry entry says `checked`."""
+    """Whether the regression gate compares `metric`: clean, mca, the calibration errors (clean and over all
+    corruptions), the worst case in each norm, transfer, the certified accuracy, the noise-sweep AUCs, and
+    `<attack>@<eps>` (or `<attack>/<component>@<eps>`) of every attack whose registry entry says `checked`."""
     name = try_parse(metric)
     if name is None:
         return False
@@ -185,7 +189,9 @@ def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
 
 def _result(key, metric, seed, b, c, tol, det, machine, model) -> dict:
     delta = c - b
-    status = "regressed" if delta < -tol else ("improved" if delta > tol else "ok")
+    worse = delta > tol if lower_is_better(metric) else delta < -tol
+    better = delta < -tol if lower_is_better(metric) else delta > tol
+    status = "regressed" if worse else ("improved" if better else "ok")
     return {"row": key, "metric": metric, "seed": seed, "baseline": b, "current": c, "delta": delta,
             "tolerance": tol, "detectable": det, "machine": machine, "model": model, "status": status}
 
@@ -239,6 +245,10 @@ def parse_overrides(items: list[str]) -> dict:
             raise KdbenchError(f"--tolerance {item!r} must be METRIC=VALUE, e.g. robust@0.1=0.05") from None
         if not tol[name] >= 0:
             raise KdbenchError(f"--tolerance {item!r}: the tolerance must be >= 0")
+        try:
+            check_norm(name)
+        except ValueError as e:
+            raise KdbenchError(f"--tolerance {item!r}: {e}") from None
     return tol
 
 

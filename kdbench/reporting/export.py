@@ -138,6 +138,10 @@ def export_record(record_path: Path, to: Path) -> list[str]:
     weights = verified_weights(folder, record)
     info = record["student"]["weights"]
     arch = record["student"]["arch"]
+    if MODELS.origin(arch).is_plugin or (arch not in MODELS and record.get("plugins")):  # the plugin's code
+        raise KdbenchError(f"the student's architecture {arch!r} comes from a plugin "
+                           f"({', '.join(p['name'] for p in record['plugins'])}): export copies kdbench's own model "
+                           f"code only; the weights, a state dict for that architecture, are {str(weights)!r}")
     MODELS.check(arch)
     if "input_shape" not in info or "num_classes" not in info:
         raise KdbenchError(f"record {record['job_id']!r} does not say its input shape and classes: re-run its job")

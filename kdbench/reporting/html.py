@@ -125,6 +125,8 @@ def leaderboard_html(tables: list[tuple[str, pd.DataFrame]], suite: str, intro: 
         note = df.attrs.get("note")
         parts += [f"<h2>{html.escape(title)}</h2>"] + ([f'<p class="note">{html.escape(note)}</p>'] if note else [])
         parts.append(table_html(df))
+        if df.attrs.get("left_out"):  # the seeds whose training failed, shown apart
+            parts.append(f'<p class="note">{html.escape(df.attrs["left_out"])}</p>')
     if plots:
         parts.append("<h2>Plots</h2>")
     for p in plots:

@@ -22,10 +22,14 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _bars(means, stds) -> list[list[float]]:
+def _bars(means, stds) -> list[list[float]] | None:
     """Error bars of mean ± std (in %) cut at the axis' physical limits: an accuracy is never below 0 or
-    above 100 %, so a bar reaching past 100 % would show a value no seed can have."""
+    above 100 %, so a bar reaching past 100 % would show a value no seed can have. No bar where the std is NaN
+    (one seed measures no spread; summarize gives it NaN); None when no point has one."""
     means, stds = [float(m) for m in means], [float(sd) for sd in stds]
+    if all(sd != sd for sd in stds):
+        return None
+    stds = [0.0 if sd != sd else sd for sd in stds]
     return [[min(sd, m) for m, sd in zip(means, stds)], [min(sd, 100.0 - m) for m, sd in zip(means, stds)]]
 
 
@@ -73,7 +77,7 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
                     fmt=st["marker"], ms=st["ms"], color=st["color"], capsize=3, label=st["label"])
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"worst-case robust accuracy, eps = {e} (%)")
-    ax.set_title("Robust vs clean accuracy (mean ± std over seeds; stars = teachers)")
+    ax.set_title("Robust vs clean accuracy (mean ± std over seeds, no bar for one seed; stars = teachers)")
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     _save(fig, path)
@@ -166,13 +170,96 @@ def robustness_vs_size(summary: pd.DataFrame, path: Path, headline_eps: float) -
     _save(fig, path)
 
 
-def write_plots(summary: pd.DataFrame, folder: Path, headline_eps: float) -> list[Path]:
+def accuracy_vs_l2(summary: pd.DataFrame, path: Path) -> None:
+    """The L2 worst case against the L2 radius (mean ± std over seeds), a line per row, clean accuracy at 0."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = _styles(summary)
+    cols = _metric_columns(summary, "robust-l2")
+    for idx, r in summary.iterrows():
+        pts = [(0.0, r["clean:mean"], r["clean:std"])] + [(eps, r[f"{c}:mean"], r[f"{c}:std"]) for eps, c in cols
+                                                           if not pd.isna(r.get(f"{c}:mean"))]
+        if len(pts) < 2:
+            continue
+        xs, ys, sd = zip(*pts)
+        st = styles[idx]
+        ys, sd = [100 * v for v in ys], [100 * v for v in sd]
+        ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
+                    label=st["label"])
+    ax.set_xlabel("L2 radius ([0, 1] pixel scale)")
+    ax.set_ylabel("worst-case robust accuracy in L2 (%)")
+    ax.set_title("Accuracy vs L2 radius (students trained at the L-inf settings; mean ± std over seeds)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
+def headline_rows(summary: pd.DataFrame, headline_eps: float) -> list[str]:
+    """The rows of the headline comparison: the baselines every difference column compares with (`ce`, `at`) and
+    the student ranked first by robust@headline, in the first (dataset, pair) of the students."""
+    students = summary[summary["role"] == "student"]
+    if students.empty:
+        return []
+    dataset, pair = sorted(zip(students["dataset"], students["pair"]))[0]
+    g = students[(students["dataset"] == dataset) & (students["pair"] == pair)]
+    key = at_eps("robust", headline_eps) + ":mean"
+    first = g.sort_values(key, ascending=False)["label"].iloc[0] if key in g else None
+    return [lab for lab in ("ce", "at") if lab in set(g["label"])] + ([first] if first not in ("ce", "at", None) else [])
+
+
+def reliability_diagram(summary: pd.DataFrame, records: list[dict], path: Path, headline_eps: float) -> None:
+    """Accuracy against confidence in the 15 equal-width confidence bins of the ECE (calibration.py), pooled over
+    each row's seeds, for the rows of the headline comparison; the diagonal is perfect calibration."""
+    from ..evaluation.calibration import ece_from_bins
+    from .rows import group_key, row_label
+
+    labels = headline_rows(summary, headline_eps)
+    pooled: dict[str, list] = {}
+    for r in records:
+        cal = (r.get("flag_evidence") or {}).get("calibration")
+        label = row_label(r["method"], r.get("teacher_kind") or None, r["role"])
+        if r["role"] != "student" or not cal or label not in labels or group_key(r)[:2] != _first_pair(summary):
+            continue
+        acc = pooled.setdefault(label, [[0] * cal["bins"], [0] * cal["bins"], [0.0] * cal["bins"]])
+        for i, key in enumerate(("count", "correct", "confidence")):
+            acc[i] = [a + b for a, b in zip(acc[i], cal[key])]
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.plot([0, 100], [0, 100], ls=":", color="grey", label="perfect calibration")
+    cmap = plt.get_cmap("tab10")
+    for i, label in enumerate(lab for lab in labels if lab in pooled):
+        count, correct, conf = pooled[label]
+        pts = [(100 * c / n, 100 * k / n, n) for n, k, c in zip(count, correct, conf) if n]
+        xs, ys, ns = zip(*pts)
+        ece = 100 * ece_from_bins(count, correct, conf)
+        ax.plot(xs, ys, marker="o", color=cmap(i), label=f"{label} (ECE {ece:.1f} %, {sum(count)} predictions)")
+    ax.set_xlabel("confidence (mean of the bin, %)")
+    ax.set_ylabel("accuracy in the bin (%)")
+    ax.set_title("Reliability on clean test data (15 equal-width bins; seeds pooled)")
+    ax.set_xlim(0, 101)
+    ax.set_ylim(0, 101)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    _save(fig, path)
+
+
+def _first_pair(summary: pd.DataFrame) -> tuple:
+    students = summary[summary["role"] == "student"]
+    return sorted(zip(students["dataset"], students["pair"]))[0] if len(students) else ()
+
+
+def write_plots(summary: pd.DataFrame, folder: Path, headline_eps: float, records: list[dict] | None = None
+                ) -> list[Path]:
     folder = Path(folder)
     written = []
     if summary.empty:
         return written
     todo = [("robust_vs_clean.png", lambda p: robust_vs_clean(summary, p, headline_eps)),
             ("accuracy_vs_eps.png", lambda p: accuracy_vs_eps(summary, p))]
+    if _metric_columns(summary, "robust-l2"):
+        todo.append(("accuracy_vs_l2.png", lambda p: accuracy_vs_l2(summary, p)))
+    if records and any((r.get("flag_evidence") or {}).get("calibration") for r in records) \
+            and headline_rows(summary, headline_eps):
+        todo.append(("reliability.png", lambda p: reliability_diagram(summary, records, p, headline_eps)))
     if _corruption_names(summary):
         todo.append(("accuracy_vs_severity.png", lambda p: accuracy_vs_severity(summary, p)))
     students = summary[summary["role"] == "student"]

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..core.config import from_table
 from ..core.errors import KdbenchError, choices_error
 from ..core.machine import KERNEL_LEVELS
+from ..core.metric_names import check_norm
 from ..data.corruptions import CORRUPTIONS
 from ..evaluation.attacks import ATTACKS
 from ..evaluation.noise_sweep import NOISE_FAMILIES
@@ -29,11 +32,27 @@ class TrainConfig:
     adv_eps: float = 0.1  # eps of adversarial training and adversarial distillation
     adv_steps: int = 10
     adv_step_size: float | None = None  # default 2.5 * adv_eps / adv_steps (Madry et al. 2018)
+    adv_warmup: float = 0.0  # fraction of training over which the inner attack's eps ramps from 0 to adv_eps; 0: off
 
     def step_size(self) -> float:
         if self.adv_step_size is not None:
             return self.adv_step_size
         return 2.5 * self.adv_eps / max(self.adv_steps, 1)
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """`[eval.certify]`: certified L2 robustness by randomized smoothing (evaluation/certify.py; Cohen, Rosenfeld
+    & Kolter 2019, CERTIFY): per noise level sigma, n0 selection and n estimation samples per example, a
+    Clopper-Pearson lower bound at alpha; `certified-l2@<R>` at each radius R of `radii`."""
+
+    sigma: tuple[float, ...] = (0.25,)
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    radii: tuple[float, ...] = ()  # () -> 0 and every radius of eval.eps_l2
+    skip: int = 1  # certify every skip-th test example (the paper: every 20th of CIFAR-10's 10,000)
+    batch_size: int = 1000  # noisy copies per forward pass
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,11 @@ class EvalConfig:
     # every corruption file of its folder, so records with and without them have different job ids. A suite
     # file may name them to require the folder.
     cifar_c: tuple[str, ...] = ()
+    # the L2 threat model: radii of the attacks whose entry has norm "l2" (`pgd-l2`, ...), in [0, 1] pixel scale;
+    # the worst case `robust-l2@<radius>` and the leaderboard's L2 column at `headline_eps_l2`
+    eps_l2: tuple[float, ...] = ()
+    headline_eps_l2: float | None = None  # None: 0.5 if it is one of eps_l2, else the middle radius
+    certify: CertifyConfig | None = None  # randomized smoothing, opt-in (`[eval.certify]`)
 
 
 @dataclass(frozen=True)
@@ -105,27 +129,34 @@ def check_names(names, registry, where: str):
             raise choices_error(registry.kind, name, registry.names()) from None
 
 
-def parse_train(table) -> TrainConfig:
-    """The `[train]` table, validated."""
-    train = from_table(TrainConfig, table, "train")
+def parse_train(table, where: str = "train", base: TrainConfig | None = None) -> TrainConfig:
+    """The `[train]` table, validated. With `base`, the table holds only the fields that replace `base`'s (a
+    method's own training settings, `where` = "methods.<name>.train"); the result is validated as a whole."""
+    train = from_table(TrainConfig, table, where)
+    if base is not None:
+        train = dataclasses.replace(base, **{k: getattr(train, k) for k in table or {}})
     if train.optimizer not in OPTIMIZERS:
-        raise KdbenchError(f"train.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
+        raise KdbenchError(f"{where}.optimizer {train.optimizer!r} is unknown; choose from: {', '.join(OPTIMIZERS)}")
     if train.schedule not in SCHEDULES:
-        raise KdbenchError(f"train.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
+        raise KdbenchError(f"{where}.schedule {train.schedule!r} is unknown; choose from: {', '.join(SCHEDULES)}")
     for key in ("epochs", "teacher_epochs", "batch_size"):
         if getattr(train, key) < 1:
-            raise KdbenchError(f"train.{key} must be >= 1, got {getattr(train, key)!r}")
+            raise KdbenchError(f"{where}.{key} must be >= 1, got {getattr(train, key)!r}")
     if train.adv_steps < 0:
-        raise KdbenchError(f"train.adv_steps must be >= 0, got {train.adv_steps!r}")
+        raise KdbenchError(f"{where}.adv_steps must be >= 0, got {train.adv_steps!r}")
     if not train.lr > 0:
-        raise KdbenchError(f"train.lr must be > 0, got {train.lr!r}")
-    check_eps(train.adv_eps, "train.adv_eps")
-
+        raise KdbenchError(f"{where}.lr must be > 0, got {train.lr!r}")
+    check_eps(train.adv_eps, f"{where}.adv_eps")
+    if not 0.0 <= train.adv_warmup <= 1.0:
+        raise KdbenchError(f"{where}.adv_warmup = {train.adv_warmup!r} is outside [0, 1] (the fraction of training "
+                           f"over which the inner attack's eps ramps up to adv_eps; 0 is off)")
     return train
 
 
 def parse_eval(table) -> EvalConfig:
-    """The `[eval]` table, validated: registered attacks, corruptions and noise families; eps in [0, 1]."""
+    """The `[eval]` table, validated: registered attacks, corruptions and noise families; eps in [0, 1]; L2 radii
+    > 0 with an L2 attack to use them; the certify table's settings in range. (That an L2 radius fits the images,
+    at most their diagonal, is checked with the data: `check_l2_radii`.)"""
     ev = from_table(EvalConfig, table, "eval")
     check_names(ev.attacks, ATTACKS, "eval.attacks")
     check_names(ev.corruptions, CORRUPTIONS, "eval.corruptions")
@@ -145,8 +176,56 @@ def parse_eval(table) -> EvalConfig:
     for key in ("pgd_steps", "apgd_steps", "square_queries", "batch_size"):
         if getattr(ev, key) < 1:
             raise KdbenchError(f"eval.{key} must be >= 1, got {getattr(ev, key)!r}")
+    return _parse_l2(ev)
 
-    return ev
+
+def _parse_l2(ev: EvalConfig) -> EvalConfig:
+    """The L2 settings of `ev`, validated, with the L2 headline radius and the certified radii filled in."""
+    l2_attacks = [a for a in ev.attacks if ATTACKS.get(a).norm == "l2"]
+    for r in ev.eps_l2:
+        if not r > 0:
+            raise KdbenchError(f"eval.eps_l2: radius {r!r} must be > 0 (an L2 radius in [0, 1] pixel scale)")
+    if l2_attacks and not ev.eps_l2:
+        raise KdbenchError(f"eval.attacks names L2 attacks ({', '.join(l2_attacks)}) but eval.eps_l2 names no radius")
+    if ev.eps_l2 and not l2_attacks:
+        l2 = [n for n in ATTACKS.names() if ATTACKS.get(n).norm == "l2"]
+        raise KdbenchError(f"eval.eps_l2 is set but eval.attacks has no L2 attack; add one of: {', '.join(l2)}")
+    headline = ev.headline_eps_l2
+    if ev.eps_l2:
+        if headline is None:
+            headline = 0.5 if 0.5 in ev.eps_l2 else sorted(ev.eps_l2)[len(ev.eps_l2) // 2]
+        if headline not in ev.eps_l2:
+            raise KdbenchError(f"eval.headline_eps_l2 {headline!r} must be one of eval.eps_l2: "
+                               f"{', '.join(map(str, ev.eps_l2))}")
+    elif headline is not None:
+        raise KdbenchError("eval.headline_eps_l2 is set but eval.eps_l2 names no radius")
+    c = ev.certify
+    if c is not None:
+        if not c.sigma or any(not s > 0 for s in c.sigma):
+            raise KdbenchError(f"eval.certify.sigma {list(c.sigma)!r}: every noise level must be > 0")
+        for key in ("n0", "n", "skip", "batch_size"):
+            if getattr(c, key) < 1:
+                raise KdbenchError(f"eval.certify.{key} must be >= 1, got {getattr(c, key)!r}")
+        if not 0.0 < c.alpha < 1.0:
+            raise KdbenchError(f"eval.certify.alpha {c.alpha!r} is outside (0, 1)")
+        radii = c.radii or (0.0, *sorted(ev.eps_l2))  # radius 0: the smoothed classifier's accuracy
+        for r in radii:
+            if not r >= 0:
+                raise KdbenchError(f"eval.certify.radii: radius {r!r} must be >= 0")
+        c = dataclasses.replace(c, radii=tuple(radii))
+    return dataclasses.replace(ev, headline_eps_l2=headline, certify=c)
+
+
+def check_l2_radii(ev: EvalConfig, shape: tuple[int, ...]) -> None:
+    """Every L2 radius of `ev` (attacks and certified radii) at most the diagonal of the [0, 1] image cube,
+    sqrt(C * H * W): a larger ball holds every image, so the number means nothing."""
+    diagonal = math.sqrt(math.prod(shape))
+    for where, radii in (("eval.eps_l2", ev.eps_l2), ("eval.certify.radii", ev.certify.radii if ev.certify else ())):
+        for r in radii:
+            if r > diagonal:
+                raise KdbenchError(f"{where}: radius {r!r} is larger than the image diagonal sqrt(C*H*W) = "
+                                   f"{diagonal:.4g} for images of shape {'x'.join(map(str, shape))}; valid: "
+                                   f"(0, {diagonal:.4g}]")
 
 
 def parse_check(table) -> CheckConfig:
@@ -155,6 +234,10 @@ def parse_check(table) -> CheckConfig:
     for key, tol in check.tolerance.items():
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise KdbenchError(f"check.tolerance.{key} must be a number >= 0, got {tol!r}")
+        try:
+            check_norm(key)
+        except ValueError as e:
+            raise KdbenchError(f"check.tolerance.{key}: {e}") from None
     return validate_check(check, "check.")
 
 

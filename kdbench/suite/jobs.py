@@ -11,12 +11,14 @@ from ..core.config import from_table
 from ..core.errors import KdbenchError
 from ..core.gpu import GpuConfig, check_gpu
 from ..core.identity import digest
+from ..core.registry import plugin_ids
 from ..data.registry import DataConfig
 from ..data.registry import config_dict as data_config_dict
 from ..methods import METHODS, TeacherSpec
 from ..training.pretrained import PretrainedTeacher, stand_ins
 from .configs import EvalConfig, TrainConfig
 from .pairs import Pair, pair_config, pair_from_config
+from .plugin_uses import job_uses
 
 # What a job computes from its config, versioned: bumped when the same config would give different numbers, so
 # records of an older protocol never pass for new ones (their ids differ) and are re-run, not resumed.
@@ -43,6 +45,13 @@ class Job:
     headline_eps: float
     gpu: GpuConfig | None = None  # the [gpu] settings of a job that runs on CUDA; None on the CPU
     save_student: bool = True  # keep the student's weights beside its record ([save] students); not in the id
+    # the suite's [train], where the method trains its students with settings of its own (`train` above): its
+    # teachers are the suite's, trained with these; None: teachers and student train with `train`
+    teacher_train: TrainConfig | None = None
+
+    def teacher_training(self) -> TrainConfig:
+        """The training settings of this job's teachers."""
+        return self.teacher_train if self.teacher_train is not None else self.train
 
     @property
     def is_teacher(self) -> bool:
@@ -63,7 +72,9 @@ class Job:
         return dict(zip(specs, found))[spec]
 
     def config(self) -> dict:
-        """Everything that determines the job's numbers (not the suite name): the hash input."""
+        """Everything that determines the job's numbers (not the suite name): the hash input. `plugins`: the
+        identity of each plugin whose entries the job uses (only there when there is one)."""
+        plugins = plugin_ids(job_uses(self))
         return {
             "protocol": PROTOCOL,
             "data": data_config_dict(self.data),
@@ -76,6 +87,8 @@ class Job:
             "eval": dataclasses.asdict(self.eval),
             "headline_eps": self.headline_eps,
             "gpu": dataclasses.asdict(self.gpu) if self.gpu is not None else None,
+            "teacher_train": dataclasses.asdict(self.teacher_train) if self.teacher_train is not None else None,
+            **({"plugins": plugins} if plugins else {}),
         }
 
     @property
@@ -95,6 +108,12 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
     if protocol != PROTOCOL:
         raise KdbenchError(f"the record was made by evaluation protocol {protocol!r}; this kdbench computes protocol "
                            f"{PROTOCOL}, so its numbers would differ by design: re-run the suite instead")
+    method = config.get("method")
+    if method in METHODS and isinstance(config.get("params"), dict):  # a parameter added since the record was made
+        missing = sorted(set(METHODS.get(method).defaults) - set(config["params"]))
+        if missing:
+            raise KdbenchError(f"the record's {method} has no {', '.join(missing)}: it was made by a kdbench whose "
+                               f"{method} had no such parameter, so this one would not rebuild it; re-run the suite")
     try:
         return Job(
             suite=suite,
@@ -108,6 +127,8 @@ def job_from_config(config: dict, suite: str = "reproduce") -> Job:
             eval=from_table(EvalConfig, config["eval"], "config.eval"),
             headline_eps=config["headline_eps"],
             gpu=check_gpu(from_table(GpuConfig, config["gpu"], "config.gpu")) if config.get("gpu") else None,
+            teacher_train=(from_table(TrainConfig, config["teacher_train"], "config.teacher_train")
+                           if config.get("teacher_train") else None),
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise KdbenchError(f"the record's config is incomplete or malformed ({type(e).__name__}: {e})") from None

@@ -4,6 +4,10 @@ A suite is dataset x (teacher, student) pairs x methods x seeds. Every job is a 
 its id is a hash of that config, so a re-run skips finished jobs. Besides the student jobs, a suite has one
 reference job per teacher it uses (the teacher's own metrics, shown as reference rows); `reference_seeds = N`
 limits those to the teachers of the first N seeds (every seed's teachers are still trained).
+
+`plugins = ["my_kd.py", "mypkg.kd_losses"]` (files relative to the suite file, or importable modules) are imported
+before the suite's tables are read (core/plugins.py): their methods, architectures, ... are then names like any
+other. A suite that lists plugins runs their code.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .configs import (
     TrainConfig,
     check_eps,
     check_executor,
+    check_l2_radii,
     parse_check,
     parse_eval,
     parse_train,
@@ -57,6 +62,12 @@ class MethodRun:
     params: tuple[tuple[str, Any], ...]
     teacher_kind: str | None
     seeds: tuple[int, ...] = ()  # this method's own seeds (the reserved key `seeds`); () = the suite's
+    train: tuple[tuple[str, Any], ...] = ()  # [train] fields this method's students train with instead of the
+    # suite's (the reserved key `train`); its teachers are the suite's, trained with the suite's [train]
+
+    def train_config(self, suite_train: TrainConfig) -> TrainConfig:
+        """The training settings of this method's students: the suite's, with this method's own in their place."""
+        return dataclasses.replace(suite_train, **dict(self.train)) if self.train else suite_train
 
 
 @dataclass(frozen=True)
@@ -85,9 +96,11 @@ class Suite:
         students, teachers = [], {}
         for pair in self.pairs:
             for m in self.methods:
+                train = m.train_config(self.train)
+                teacher_train = self.train if train != self.train else None  # teachers: the suite's [train]
                 for seed in m.seeds or self.seeds:
-                    job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, self.train, self.eval,
-                              self.headline_eps, gpu, self.save.students)
+                    job = Job(self.name, self.data, pair, m.name, m.params, m.teacher_kind, seed, train, self.eval,
+                              self.headline_eps, gpu, self.save.students, teacher_train)
                     students.append(job)
                     if pair.pretrained is not None:  # loaded, not trained: one reference job each, for all
                         refs = [(TeacherSpec(p.display_name(), "pretrained", self.seeds[0]), p)
@@ -102,7 +115,7 @@ class Suite:
 
 
 SUITE_KEYS = {"name", "description", "dataset", "data", "pairs", "methods", "seeds", "train", "eval", "headline_eps",
-              "check", "executor", "gpu", "save", "reference_seeds"}
+              "check", "executor", "gpu", "save", "reference_seeds", "plugins"}
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -147,6 +160,7 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     for key in doc:
         if key not in SUITE_KEYS:
             raise unknown_key_error("the suite file", key, SUITE_KEYS)
+    load_suite_plugins(doc.get("plugins", []), Path(source).resolve().parent if source else Path.cwd())
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) or name[0] == ".":
         raise KdbenchError(f"suite name must be letters, digits, '-', '_' or '.', got {name!r}")
@@ -174,6 +188,10 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
 
     train = parse_train(doc.get("train"))
     ev = parse_eval(doc.get("eval"))
+    if ev.eps_l2 or ev.certify is not None:  # an L2 radius must fit the images: at most their diagonal
+        from ..data.load import image_shape
+
+        check_l2_radii(ev, image_shape(data))
     headline = doc.get("headline_eps", 0.1 if 0.1 in ev.eps else ev.eps[len(ev.eps) // 2])
     if isinstance(headline, bool) or not isinstance(headline, (int, float)):
         raise KdbenchError(f"headline_eps must be a number, got {headline!r}")
@@ -181,7 +199,7 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     if headline not in ev.eps:
         raise KdbenchError(f"headline_eps {headline!r} must be one of eval.eps: {', '.join(map(str, ev.eps))}")
 
-    methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}))
+    methods = parse_methods(doc.get("methods", {"ce": {}, "kd": {}}), train)
     check = parse_check(doc.get("check"))
     executor = check_executor(from_table(ExecutorConfig, doc.get("executor"), "executor"))
     gpu = check_gpu(from_table(GpuConfig, doc.get("gpu"), "gpu"))
@@ -196,6 +214,17 @@ def parse_suite(doc: dict, default_name: str = "suite", source: str = "") -> Sui
     return suite
 
 
+def load_suite_plugins(plugins: Any, base_dir: Path) -> None:
+    """Import the suite's `plugins` (files relative to `base_dir`, or module names), before its tables are read."""
+    from ..core.plugins import load_plugin
+
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise KdbenchError(f"plugins must be a list of .py files (relative to the suite file) or module names, "
+                           f"got {plugins!r}")
+    for spec in plugins:
+        load_plugin(spec, base_dir)
+
+
 def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     """A non-empty list of distinct integers >= 1."""
     if not isinstance(seeds, list) or not seeds:
@@ -208,11 +237,14 @@ def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def parse_methods(table: Any) -> tuple[MethodRun, ...]:
-    """`[methods]` maps each method to its parameters (`kd = { temperature = 4.0 }`, `ce = {}`); the reserved
-    key `teacher` picks the teacher kind (defaults to the method's own), and the reserved key `seeds` gives the
-    method its own seeds in place of the suite's (more seeds for the rows whose comparisons need them; the
-    leaderboard pairs two rows on the seeds both have)."""
+def parse_methods(table: Any, train: TrainConfig | None = None) -> tuple[MethodRun, ...]:
+    """`[methods]` maps each method to its parameters (`kd = { temperature = 4.0 }`, `ce = {}`). Reserved keys:
+    `teacher` picks the teacher kind (defaults to the method's own); `seeds` gives the method its own seeds in
+    place of the suite's (more seeds for the rows whose comparisons need them; the leaderboard pairs two rows on
+    the seeds both have); `train` is a table of `[train]` fields that replace the suite's (`train`) for this
+    method's students (`defensive = { temperature = 100.0, train = { epochs = 40 } }`), validated like `[train]`.
+    Its teachers are shared with every method and trained with the suite's `[train]`, so `teacher_epochs` is not
+    a method's to set."""
     if isinstance(table, list):
         table = {name: {} for name in table} if all(isinstance(n, str) for n in table) else None
     if not isinstance(table, dict) or not table:
@@ -225,6 +257,7 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         params = dict(params)
         kind = params.pop("teacher", cls.teacher_kind)
         own_seeds = check_seeds(params.pop("seeds"), f"methods.{name}.seeds") if "seeds" in params else ()
+        own_train = method_train(params.pop("train"), train, name) if "train" in params else ()
         if cls.teacher_kind is None and kind is not None:
             raise KdbenchError(f"methods.{name} uses no teacher; remove its 'teacher' key")
         if kind is not None:
@@ -236,20 +269,34 @@ def parse_methods(table: Any) -> tuple[MethodRun, ...]:
         for key, bound in cls.bounds.items():
             if not bound.holds(merged[key]):
                 raise KdbenchError(f"methods.{name}.{key} {merged[key]!r} is outside its range {bound}")
-        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind, own_seeds))
+        problem = cls.params_problem(merged)
+        if problem:
+            raise KdbenchError(f"methods.{name}: {problem}")
+        runs.append(MethodRun(name, tuple(sorted(merged.items())), kind, own_seeds, own_train))
     return tuple(runs)
+
+
+def method_train(table: Any, train: TrainConfig | None, name: str) -> tuple[tuple[str, Any], ...]:
+    """A method's `train` table, validated like `[train]` over the suite's (`train`): its fields, typed."""
+    where = f"methods.{name}.train"
+    if isinstance(table, dict) and "teacher_epochs" in table:
+        raise KdbenchError(f"{where}.teacher_epochs: a method's teachers are shared by every method and trained "
+                           f"with the suite's [train]; set teacher_epochs there")
+    merged = parse_train(table, where, train or TrainConfig())
+    return tuple(sorted((k, getattr(merged, k)) for k in table))
 
 
 def with_overrides(suite: Suite, methods: list[str] | None = None, seeds: list[int] | None = None) -> Suite:
     """The suite restricted to some of its methods and/or run on other seeds (CLI --methods / --seeds; the seeds
-    given replace every method's own seeds too)."""
+    given replace every method's own seeds too). A method of the suite keeps its parameters and its own training
+    settings; one the suite does not name runs with its defaults."""
     if methods:
         known = {m.name: m for m in suite.methods}
         picked = []
         for name in methods:
             if name not in known:
                 METHODS.check(name)  # unknown everywhere -> 'unknown method' error
-                picked.extend(parse_methods({name: {}}))
+                picked.extend(parse_methods({name: {}}, suite.train))
             else:
                 picked.append(known[name])
         suite = dataclasses.replace(suite, methods=tuple(picked))

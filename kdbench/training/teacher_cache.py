@@ -14,10 +14,11 @@ import torch
 from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.gpu import autocast_dtype, job_gpu, place
 from ..core.machine import kernel_settings
-from ..data.augment import make_augmenter
-from ..data.registry import config_dict
+from ..core.registry import plugin_ids
+from ..data.augment import AUGMENTATIONS, make_augmenter
+from ..data.registry import DATASETS, config_dict
 from ..models.checkpoints import load_state_dict, state_dict_bytes
-from ..models.registry import build_model, model_input
+from ..models.registry import MODELS, build_model, model_input
 from .loop import fit, seed_everything
 from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 
@@ -25,8 +26,10 @@ from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 def teacher_config(spec, job, threads: int) -> dict:
     """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
     its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead), as do the CPU
-    kernel settings in effect (machine.kernel_settings)."""
-    t = job.train
+    kernel settings in effect (machine.kernel_settings). The training settings are the job's teachers'
+    (`Job.teacher_training`: the suite's [train], also where a method trains its students with settings of its
+    own)."""
+    t = job.teacher_training()
     params, kind_train = cache_settings(spec.kind, dict(spec.params), t)  # the kind's own facts (teachers.py)
     # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
     # format 3: they train with optim.FlatOptimizer
@@ -41,6 +44,10 @@ def teacher_config(spec, job, threads: int) -> dict:
         kernels = kernel_settings()
         if kernels:  # pinned CPU kernels (machine.py) change the last bits too; unpinned keys stay as they were
             cfg["kernels"] = kernels
+    plugins = plugin_ids([(TEACHER_KINDS, spec.kind), (MODELS, spec.arch), (DATASETS, job.data.name),
+                          *((AUGMENTATIONS, a) for a in job.data.augment)])
+    if plugins:  # a teacher of a plugin's kind, architecture or data: cached under the plugin's code
+        cfg["plugins"] = plugins
     return cfg
 
 
@@ -62,11 +69,12 @@ def train_teacher(spec, job, data, device: torch.device) -> torch.nn.Module:
     seed_everything(spec.seed)
     gpu = job_gpu(job, device)
     model = place(build_model(spec.arch, model_input(data)), device, gpu)
-    objective = kind.objective(model, params, job.train)
+    t = job.teacher_training()
+    objective = kind.objective(model, params, t)
     x, y = data.x_train, data.y_train
     augment = make_augmenter(job.data.augment, spec.seed, device) or (lambda xb: xb)
     fit(model, list(model.parameters()), lambda idx, p: objective(augment(x[idx]), y[idx], p), len(x),
-        job.train.teacher_epochs, job.train, spec.seed, device, amp=autocast_dtype(gpu))
+        t.teacher_epochs, t, spec.seed, device, amp=autocast_dtype(gpu))
     return model
 
 

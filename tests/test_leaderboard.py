@@ -186,7 +186,7 @@ def test_check_tolerance_override(results):
     ("missing-row", "missing now"),
     ("missing-metric", "present on one side only"),
     ("bad-tolerance", "METRIC=VALUE"),
-    ("old-schema", "baseline schema 1 is not 2; re-create it"),
+    ("old-schema", "baseline schema 1 is not 3; re-create it"),
 ])
 def test_check_usage_errors_exit_2(results, case, message):
     if case != "no-baseline":

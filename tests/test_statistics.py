@@ -207,20 +207,30 @@ def test_reproduce_on_another_machine_expects_its_noise(tmp_path, monkeypatch, c
     faked.write_text(json.dumps(doc))
     reruns, compare = [], reproduce.compare_rerun
 
-    def keep_rerun(record, again, tolerance):
+    def keep_rerun(record, again, *args):
         reruns.append(again)
-        return compare(record, again, tolerance)
+        return compare(record, again, *args)
 
     monkeypatch.setattr(reproduce, "compare_rerun", keep_rerun)
     proc = run_main("reproduce", faked, "--cache-dir", tmp_path / "cache", "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "different machine" in proc.stdout and "differences up to" in proc.stdout
+    assert "different machine" in proc.stdout and "by per-example noise alone" in proc.stdout
     (again,) = reruns
     assert again["job_id"] == doc["job_id"]
 
     doc["metrics"]["robust@0.1"] -= 0.25  # far beyond machine noise
     capsys.readouterr()
     assert compare(doc, again, None) == 1 and "robust@0.1" in capsys.readouterr().out
+
+    # with the measured variation of its row in a baseline: each metric within what it measured, or flagged
+    variation = {name: [0.01, 10.0] for name in doc["metrics"]}  # 1 point per seed on 10 degrees of freedom
+    variation["robust@0.1"] = [0.3, 10.0]  # a metric that moves by 30 points across machines
+    assert compare(doc, again, None, variation, "b.json") == 0
+    out = capsys.readouterr().out
+    assert "by its variation measured in b.json" in out and f"{len(variation)} within" in out
+    variation["robust@0.1"] = [0.01, 10.0]
+    assert compare(doc, again, None, variation, "b.json") == 1
+    assert "robust@0.1" in (out := capsys.readouterr().out) and "(its measured variation)" in out
 
 
 def test_adversarial_methods_are_also_compared_with_adversarial_training():
@@ -242,3 +252,52 @@ def test_adversarial_methods_are_also_compared_with_adversarial_training():
     assert rows["rslad [adversarial teacher]"]["Δ vs at"].startswith(f"{expected:+.1f} ["), expected
     assert rows["kd"]["Δ vs at"] == "" and rows["kd"]["Δ vs ce"] and rows["at"]["Δ vs at"] == ""
     assert "Δ vs ce / at" in table.attrs["note"]
+
+
+def test_check_bad_variation_and_power_input_is_one_line(tmp_path, tiny_checked):
+    suite, results, _ = tiny_checked
+    cases = [
+        (["--variation", "auto"], "use it with --update-baseline"),
+        (["--update-baseline", "--variation", tmp_path / "nothing"], "holds no records"),
+        (["--update-baseline", "--variation", results / "tiny"], "measure no variation"),
+        (["--drop", "0"], "--drop must be in (0, 1]"),
+        (["--alpha", "2"], "--alpha must be in (0, 1)"),
+    ]
+    before = (results / "tiny" / "baseline.json").read_bytes()
+    for extra, message in cases:
+        proc = run_main("check", "--suite", suite, "--results", results, *extra)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+            (extra, proc.stderr)
+    assert (results / "tiny" / "baseline.json").read_bytes() == before  # nothing half-written
+
+
+@pytest.mark.slow  # three runs of the tiny suite: twice with other kernels, and on 3 threads
+def test_check_across_machines_with_a_measured_variation(tmp_path, tiny_run):
+    """The baseline (1 thread) measures its variation with other kernels (`--variation auto`: two re-runs, each in
+    a fresh process); a re-run on 3 threads is another machine: it passes, the check prints what it can catch, and
+    a drop larger than that fails."""
+    results = tmp_path / "results"
+    tiny_run.copy_to(results / "tiny")
+    suite = tiny_run.suite
+    made = run_main("check", "--suite", suite, "--results", results, "--update-baseline", "--variation", "auto",
+                    "--workers", "1", "--cache-dir", tmp_path / "cache")
+    assert made.returncode == 0, made.stdout + made.stderr
+    baseline = json.loads((results / "tiny" / "baseline.json").read_text())
+    reruns = baseline["variation"]["reruns"]
+    jobs = len(tiny_run.records())
+    assert len(reruns) == 2 and {r["jobs"] for r in reruns} == {baseline["variation"]["of"]} == {jobs}
+    assert all(r["differs_by"] for r in reruns)  # other machines: other kernels (or threads, on other CPUs)
+    assert "what a check on another machine can catch" in made.stdout
+    three = tmp_path / "three-threads"
+    proc = run_main("run", "--suite", suite, "--workers", "1", "--quiet", "--out", three, "--cpus-per-job", "3",
+                    "--cache-dir", tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    ok = run_main("check", "--suite", suite, "--results", results, "--out", three, "--detectable")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "tolerances from the variation measured in the baseline" in ok.stdout and "same machine" not in ok.stdout
+    # the metric the gate detects best, lowered by more than its smallest detectable drop on every seed
+    row = baseline["rows"][next(k for k in baseline["rows"] if k.endswith("| kd"))]
+    metric, det = min(row["detectable"].items(), key=lambda kv: kv[1])
+    _edit(three, "kd", (1, 2), lambda d: d["metrics"].update({metric: d["metrics"][metric] - det - 0.01}))
+    bad = run_main("check", "--suite", suite, "--results", results, "--out", three)
+    assert bad.returncode == 1 and f"kd: {metric} (seed 1,2)" in bad.stderr, bad.stdout + bad.stderr

@@ -62,6 +62,10 @@ def add_executor_args(p) -> None:
     p.add_argument("--cpus-per-job", type=_number(int, 1), metavar="N",
                    help="CPUs per job: the job runs torch on that many threads, and its numbers depend on it "
                         "(default: the suite's [executor] cpus_per_job, else 1)")
+    p.add_argument("--kernels", choices=["native", "avx2"],
+                   help="CPU kernels of torch, oneDNN and MKL: native (the best this CPU has) or avx2 (what an AVX2 "
+                        "CPU runs, also on an AVX-512 one: records comparable bit for bit with such a machine's; "
+                        "default: the suite's [executor] kernels, else native)")
     p.add_argument("--gpus-per-job", type=_number(float, 0), metavar="G",
                    help="with --executor ray: GPUs per job, a fraction shares one (default: the suite's, else 0)")
     p.add_argument("--max-retries", type=_number(int, 0), metavar="N",
@@ -124,8 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu", help="device to re-run on (default cpu)")
     rp.add_argument("--tolerance", type=float,
                     help="largest allowed absolute difference per metric (default: bit-for-bit on the record's "
-                         "machine type and threads; on another machine, the noise a re-run there is expected to "
-                         "make, from the per-example noise model)")
+                         "machine type and threads; on another machine, the variation measured in the baseline, "
+                         "else per-example noise)")
+    rp.add_argument("--kernels", choices=["native", "avx2"],
+                    help="CPU kernels to re-run on (default: those the record names; avx2 re-runs a record made on "
+                         "an AVX2 CPU with that CPU's kernels on an AVX-512 one)")
+    rp.add_argument("--baseline", type=Path,
+                    help="the baseline whose measured variation says how far another machine may move each metric "
+                         "(default: baseline.json of the record's results folder, when there)")
     rp.add_argument("--cache-dir", type=Path,
                     help="reuse this teacher cache (default: a fresh temporary one, so teachers are retrained)")
     rp.add_argument("--data-dir", type=Path, help="where torchvision datasets live (as for run)")
@@ -183,8 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
                                              "fresh folder re-runs every job, e.g. in CI after a code change")
     ck.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
                     help="absolute tolerance for a metric or glob, e.g. 'robust@*=0.05' (repeatable)")
-    ck.add_argument("--alpha", type=float, help="across machines: chance that machine noise alone fails the check "
-                                                "(default 0.05, Bonferroni over the metrics)")
+    ck.add_argument("--alpha", type=float, help="across machines: chance that machine variation alone fails the "
+                                                "check (default 0.05, Bonferroni over the metrics)")
+    ck.add_argument("--drop", type=float, help="across machines: the drop every checked metric should detect with "
+                                               "80%% power; those that cannot are listed (default 0.05 = 5 points)")
+    ck.add_argument("--variation", metavar="DIR|auto", action="append",
+                    help="with --update-baseline: measure how far another machine moves each metric from a re-run "
+                         "of the baseline's jobs under other float order: the results folder of a run of the suite "
+                         "on another machine, thread count or CPU kernel level, or 'auto' to re-run it here with "
+                         "the CPU kernels one level below the records' into <out>/variation (resumes); repeatable, "
+                         "each re-run adds to the measurement")
+    ck.add_argument("--detectable", action="store_true",
+                    help="print the smallest detectable drop of every metric checked across machines, not only "
+                         "the headline metric's")
     ck.add_argument("--k", type=float, help="for baselines without per-example data: tolerance multiplier of the "
                                             "baseline's standard error (default 3)")
     ck.add_argument("--floor", type=float, help="for baselines without per-example data: smallest tolerance "

@@ -69,21 +69,30 @@ def cmd_check(args) -> int:
     from ..reporting.check import (
         baseline_from_records,
         compare,
+        elsewhere,
         format_table,
         load_baseline,
         parse_overrides,
         write_baseline,
     )
+    from ..reporting.check_summary import machine_lines, power_lines
     from ..reporting.report import write_reports
+    from ..suite.configs import validate_check
     from ..suite.load import load_suite
 
     suite = load_suite(args.suite)
     baseline_path = args.results / suite.name / "baseline.json"
     folder = args.out or args.results / suite.name
     cfg = suite.check
-    cfg = dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
-                              **{k: v for k, v in (("k", args.k), ("floor", args.floor), ("alpha", args.alpha))
-                                 if v is not None})
+    cfg = validate_check(dataclasses.replace(cfg, tolerance={**cfg.tolerance, **parse_overrides(args.tolerance)},
+                                             **{k: v for k, v in (("k", args.k), ("floor", args.floor),
+                                                                  ("alpha", args.alpha), ("drop", args.drop))
+                                                if v is not None}), "--")
+    if args.variation is not None and not args.update_baseline:
+        raise KdbenchError("--variation measures a new baseline's variation: use it with --update-baseline")
+    if args.variation and len(set(args.variation)) < len(args.variation):
+        raise KdbenchError(f"--variation names the same re-run twice ({', '.join(args.variation)}): each re-run "
+                           "counts once")
     if args.run:
         from ..evaluation.cifar_c import with_cifar_c
         from .run import check_plugin_methods, check_run_inputs, executor_for, no_save_students, say_plugins
@@ -105,21 +114,28 @@ def cmd_check(args) -> int:
         return 1
     if not records:
         raise KdbenchError(f"no records for suite {suite.name!r} under {str(folder)!r}; run it first (or use --run)")
-    current = baseline_from_records(records, suite.name, suite.headline_eps)
     path = baseline_path
     if args.update_baseline:
+        from .variation_run import variation_records
+
+        reruns = [rerun for where in args.variation or [] for rerun in variation_records(args, folder, records, where)]
+        current = baseline_from_records(records, suite.name, suite.headline_eps, reruns, cfg.alpha)
         write_baseline(path, current)
-        print(f"wrote {path} ({len(current['rows'])} rows)")
+        print(f"wrote {path} ({len(current['rows'])} rows" + (f"; variation measured on {sum(map(len, reruns))} "
+                                                              "re-run records)" if reruns else ")"))
+        view = compare(current, elsewhere(current), cfg)
+        print("\n".join(machine_lines(view, cfg.alpha, current)
+                        + power_lines(view, suite.headline_eps, cfg.drop, args.detectable)))
         return 0
-    table = compare(load_baseline(path), current, cfg)
+    current = baseline_from_records(records, suite.name, suite.headline_eps)
+    baseline = load_baseline(path)
+    table = compare(baseline, current, cfg)
     changed = table[table["status"] != "ok"]
     if len(changed):
         print(format_table(changed))
-    for machine, rows in table[table["machine"] != ""].groupby("machine"):
-        how = ("exact (equal configs give equal numbers)" if machine == "same machine" else
-               f"within the per-example noise model, Bonferroni over {len(rows)} metrics (alpha {cfg.alpha:g}); "
-               f"differences up to {100 * rows['tolerance'].max():.1f} points expected")
-        print(f"{machine}: {len(rows)} checks, {how}")
+    for line in machine_lines(table, cfg.alpha, baseline) + power_lines(table, suite.headline_eps, cfg.drop,
+                                                                        args.detectable):
+        print(line)
     regressed = table[table["status"] == "regressed"]
     improved = table[table["status"] == "improved"]
     for _, r in regressed.iterrows():

@@ -10,7 +10,11 @@ from .args import data_kwargs
 
 
 def executor_for(args, suite):
-    """The chosen executor as run(out, **run_suite options) -> RunResult; its inputs are checked, nothing runs."""
+    """The chosen executor as run(out, **run_suite options) -> RunResult; its inputs are checked, nothing runs
+    (the CPU kernels are pinned now, before any tensor work, when the suite or --kernels asks)."""
+    from ..core.machine import pin_kernels
+
+    pin_kernels(args.kernels or suite.executor.kernels)
     if args.executor == "local":
         given = [flag for flag, v in (("--address", args.address), ("--gpus-per-job", args.gpus_per_job),
                                       ("--max-retries", args.max_retries)) if v is not None]
@@ -135,5 +139,21 @@ def cmd_reproduce(args) -> int:
     from ..execution.reproduce import compare_rerun, rerun_record
 
     record, again = rerun_record(args.record, args.device, args.cache_dir, args.data_dir, args.corruptions_from,
-                                 args.quiet)
-    return compare_rerun(record, again, args.tolerance)
+                                 args.quiet, args.kernels)
+    variation, source = row_variation(record, args.baseline or args.record.resolve().parent.parent / "baseline.json",
+                                      args.baseline is not None)
+    return compare_rerun(record, again, args.tolerance, variation, source)
+
+
+def row_variation(record: dict, path: Path, given: bool) -> tuple[dict | None, str]:
+    """The measured variation of `record`'s row in the baseline at `path` ({metric: [sd, df]}; None where there
+    is none, or no baseline beside the record unless `given`)."""
+    from ..reporting.check import load_baseline, record_row
+
+    if not given and not path.is_file():
+        return None, ""
+    baseline = load_baseline(path)
+    if baseline.get("suite") != record.get("suite"):
+        raise KdbenchError(f"--baseline {str(path)!r} is for suite {baseline.get('suite')!r}, the record for "
+                           f"{record.get('suite')!r}")
+    return ((baseline.get("rows") or {}).get(record_row(record)) or {}).get("variation"), str(path)

@@ -44,6 +44,11 @@ def connect(ray, address: str | None, runtime_env: dict | None = None) -> bool:
     if address and address != "auto":
         _check_reachable(address)
     kwargs = {"logging_level": "WARNING", "configure_logging": True}
+    from ..core.machine import kernel_settings
+
+    runtime_env = dict(runtime_env or {})
+    if kernel_settings():  # pinned CPU kernels (machine.py): the workers read them before torch first runs
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **kernel_settings()}
     if runtime_env:
         kwargs["runtime_env"] = runtime_env
     try:

@@ -1,6 +1,8 @@
-"""`reproduce`: compare a record with a re-run of its job. On the record's machine type, thread count and versions
-the re-run must be bit-for-bit equal; on another machine each metric may move by the noise such a re-run is
-expected to make (noise.py), and only a larger difference fails.
+"""`reproduce`: compare a record with a re-run of its job. On the record's machine type, thread count, versions and
+kernels the re-run must be bit-for-bit equal; on another machine each metric may move by its variation measured
+in the suite's baseline (`check --update-baseline --variation`, machine_variation.py), and by per-example noise
+(rerun_noise.py) where the baseline measured none; a larger difference fails, and each metric says what it could
+have detected.
 
 A record of a job that used plugins names each (its file and full SHA-256, or its package and version): they are
 imported again from where the record says (or from `--plugin`), and a plugin whose code changed since the record is
@@ -10,43 +12,77 @@ one error saying so, since the job's code is then not the record's.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
 from ..core.errors import KdbenchError
-from ..core.machine import describe, differences
-from ..stats.rerun_noise import rerun_tolerances
+from ..core.machine import KERNEL_LEVELS, describe, differences, pin_kernels, same_machine
+from ..stats.machine_variation import Variation, detectable, tolerance
+from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, rerun_sds
+
+DETECT = 0.05  # the change reproduce reports each metric's power against (5 points)
 
 
-def compare_rerun(record: dict, again: dict, tolerance: float | None) -> int:
-    """Print how the re-run `again` differs from `record`; 0 when every metric is within its tolerance."""
-    tols, same = rerun_tolerances(record, again)
-    if tolerance is not None:
-        tols = {name: tolerance for name in tols}
-    worst = 0.0
-    rows = []
-    for name in sorted(set(record["metrics"]) | set(again["metrics"])):
+def expected_variation(record: dict, again: dict, variation: dict | None) -> dict[str, tuple[float, float, str]]:
+    """{metric: (allowed |difference|, smallest change found with 80% power, model)} for a re-run on another
+    machine: two-sided Bonferroni over the compared metrics; the measured variation of the record's row where
+    `variation` ({metric: [sd, df]}) has it, else per-example noise."""
+    sds = rerun_sds(record, again)
+    level = ALPHA / (2 * max(len(sds), 1))
+    out = {}
+    for name, sd in sds.items():
+        v, model = (Variation(*variation[name]), "measured") if variation and name in variation else \
+            (Variation(sd, math.inf), "per-example")
+        out[name] = (tolerance(v, 1, level), detectable(v, 1, level), model)
+    return out
+
+
+def compare_rerun(record: dict, again: dict, tolerance: float | None, variation: dict | None = None,
+                  source: str = "") -> int:
+    """Print how the re-run `again` differs from `record`; 0 when every metric is within its tolerance.
+    `variation`: the measured variation of the record's row ({metric: [sd, df]}, from the baseline `source`)."""
+    same = same_machine(record.get("env"), again.get("env"))
+    names = sorted(set(record["metrics"]) | set(again["metrics"]))
+    if tolerance is not None or same:
+        allowed = {name: (tolerance if tolerance is not None else FLOAT_NOISE, None, "") for name in names}
+    else:
+        allowed = expected_variation(record, again, variation)
+    worst, rows = 0.0, []
+    for name in names:
         a, b = record["metrics"].get(name), again["metrics"].get(name)
         diff = float("inf") if a is None or b is None else abs(a - b)
         worst = max(worst, diff)
-        rows.append((name, a, b, diff, tols.get(name, 0.0)))
+        rows.append((name, a, b, diff, *allowed.get(name, (0.0, None, "missing"))))
     bad = [r for r in rows if r[3] > r[4]]
-    for name, a, b, diff, tol in bad:
-        print(f"  {name:<32} stored {a}  reproduced {b}  |diff| {diff:.3g}  allowed {tol:.3g}")
+    for name, a, b, diff, tol, _, model in bad:
+        why = {"measured": " (its measured variation)", "per-example": " (per-example noise: no measured variation)"}
+        print(f"  {name:<32} stored {a}  reproduced {b}  |diff| {diff:.3g}  allowed {tol:.3g}{why.get(model, '')}")
     same_flags = sorted(record["flags"]) == sorted(again["flags"])
     if not same_flags:
         print(f"  flags: stored {record['flags']}  reproduced {again['flags']}")
     print(f"stored on {describe(record.get('env'))}; reproduced on {describe(again.get('env'))}")
     if same or tolerance is not None:
-        allowed = "bit-for-bit" if tolerance is None else f"{tolerance:g}"
-        print(f"{len(rows)} metrics compared, {len(bad)} differ by more than allowed ({allowed}; largest "
+        shown = "bit-for-bit" if tolerance is None else f"{tolerance:g}"
+        print(f"{len(rows)} metrics compared, {len(bad)} differ by more than allowed ({shown}; largest "
               f"difference {worst:.3g})")
         return 0 if not bad and same_flags else 1
-    expected = max(tols.values(), default=0.0)
-    print(f"different machine ({'; '.join(differences(record.get('env'), again.get('env')))}): differences up to "
-          f"{100 * expected:.1f} points expected (per-example noise model, Bonferroni over {len(tols)} metrics)")
-    print(f"{len(rows)} metrics compared, {len(bad)} differ by more than expected (largest difference "
-          f"{100 * worst:.1f} points)" + ("" if same_flags else "; the flags differ, which machine noise can do"))
+    models = [r[6] for r in rows]
+    measured, per_example = models.count("measured"), models.count("per-example")
+    how = (f"by its variation measured in {source} ({measured} metrics) or by per-example noise ({per_example} "
+           "metrics without a measured variation)") if measured else (
+        "by per-example noise alone (no baseline with a measured variation for its row: make one with check "
+        "--update-baseline --variation auto, or name it with --baseline)")
+    print(f"different machine ({'; '.join(differences(record.get('env'), again.get('env')))}): each metric may move "
+          f"{how}; two-sided Bonferroni over {len(rows)} metrics (alpha {ALPHA:g})")
+    print(f"{len(rows)} metrics compared: {len(rows) - len(bad)} within the machine's expected variation, {len(bad)} "
+          f"beyond (largest difference {100 * worst:.1f} points)"
+          + ("" if same_flags else "; the flags differ, which machine variation can do"))
+    powers = [(r[0], r[5]) for r in rows if r[5] is not None]
+    headline = [f"{name} {100 * det:.1f}" for name, det in powers
+                if name == "clean" or name == f"robust@{record.get('headline_eps', 0.1):g}"]
+    print(f"what it could detect (smallest change found with 80% power, points): {', '.join(headline)}; "
+          f"{sum(det <= DETECT for _, det in powers)} of {len(powers)} metrics detect a {100 * DETECT:g}-point change")
     return 0 if not bad else 1
 
 
@@ -82,8 +118,9 @@ def load_record_plugins(record: dict) -> None:
 
 
 def rerun_record(path: Path, device_name: str, cache_dir: Path | None, data_dir: Path | None,
-                 corruptions_from: Path | None, quiet: bool) -> tuple[dict, dict]:
-    """(the record at `path`, a re-run of its job on this machine with the record's thread count)."""
+                 corruptions_from: Path | None, quiet: bool, kernels: str | None = None) -> tuple[dict, dict]:
+    """(the record at `path`, a re-run of its job on this machine with the record's thread count, on `kernels`,
+    else on the kernel level the record pinned)."""
     from ..core.gpu import configure_backend, job_gpu, pick_device
     from ..records.store import validate_record
     from ..suite.jobs import job_from_config
@@ -106,6 +143,8 @@ def rerun_record(path: Path, device_name: str, cache_dir: Path | None, data_dir:
     if job.job_id != record["job_id"]:
         raise KdbenchError(f"the record's config hashes to {job.job_id}, not its job id {record['job_id']}: "
                            "it was edited or written by an incompatible version")
+    pinned = ((record.get("env") or {}).get("cpu") or {}).get("kernels")
+    pin_kernels(kernels or next((level for level, settings in KERNEL_LEVELS.items() if settings == pinned), "native"))
     device = pick_device(device_name)
     configure_backend(job_gpu(job, device))
     threads = record.get("env", {}).get("threads")  # the numbers depend on the threads the job ran on

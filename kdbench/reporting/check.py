@@ -1,16 +1,21 @@
 """Regression check of a suite's robustness numbers against a stored baseline, seed by seed.
 
-`results/<suite>/baseline.json` (schema 2) holds, per leaderboard row (dataset | pair | method) and per seed,
+`results/<suite>/baseline.json` (schema 3) holds, per leaderboard row (dataset | pair | method) and per seed,
 every checked metric, the machine that made it (machine.py) and the per-example correctness of the record
-(examples.py), plus the flags that fired on the row. It changes only through `check --update-baseline`.
+(examples.py), plus the flags that fired on the row; and, when made with `--variation`, each row's measured
+cross-machine variation per metric and the smallest drop the gate detects (variation.py). It changes only
+through `check --update-baseline`.
 
 Each seed of the results is compared with the same seed of the baseline:
-- **same machine** type, thread count and versions: equal configs give equal numbers, so a metric holds only
-  when it is equal up to float round-trip (noise.FLOAT_NOISE). Any drop is a regression, any rise is reported.
+- **same machine** type, thread count, versions and pinned kernels: equal configs give equal numbers, so a
+  metric holds only when it is equal up to float round-trip (FLOAT_NOISE). Any drop is a regression, any rise
+  is reported.
 - **another machine** (another CPU, GPU or thread count): the seeds' differences are averaged, and the mean
-  holds within z * sd, sd from the per-example noise model of noise.py (measured flips where the records keep
-  per-example correctness), z at the Bonferroni level alpha / m for the m metrics compared across machines.
-  Baselines without per-example data fall back to max(k * std * sqrt(2 / n), floor) over the baseline's seeds.
+  fails when it drops by more than the tolerance at the one-sided Bonferroni level alpha / m over the m metrics
+  compared across machines: t_nu * sd / sqrt(seeds) with the measured, moderated variation of the baseline
+  (machine_variation.py); for a baseline without it, z * the per-example noise of rerun_noise.py, or without
+  per-example data max(k * std * sqrt(2 / n), floor) over the baseline's seeds. Each metric also gets the
+  smallest drop it detects with 80% power; the metrics that cannot detect `[check] drop` are listed.
 A `[check] tolerance` (or --tolerance) for a metric replaces the computed tolerance. A flag that fires now but
 did not in the baseline is a regression too. Usage errors (no baseline, another suite's or an older schema's
 baseline, a row, seed or metric present on one side only) exit 2.
@@ -28,7 +33,8 @@ from ..core.errors import KdbenchError
 from ..core.machine import same_machine
 from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, try_parse
 from ..records.examples import masks_of
-from ..stats.rerun_noise import FLOAT_NOISE, flip_rate, rerun_sd, z_for
+from ..stats.machine_variation import Variation, detectable, tolerance
+from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd
 from ..suite.configs import CheckConfig
 from .rows import row_label
 
@@ -54,7 +60,8 @@ def is_checked(metric: str) -> bool:
     from ..evaluation.attacks import ATTACKS
 
     return name.kind in ATTACKS and ATTACKS.get(name.kind).checked
-BASELINE_SCHEMA = 2
+BASELINE_SCHEMA = 3
+READABLE_SCHEMAS = (2, 3)  # schema 2: no measured variation (the per-example noise model across machines)
 ENV_KEYS = ("device", "threads", "torch", "torchattacks", "cpu", "gpu")
 
 
@@ -62,20 +69,46 @@ def row_key(row) -> str:
     return f"{row['dataset']} | {row['pair']} | {row['label']}"
 
 
-def baseline_from_records(records: list[dict], suite: str, headline_eps: float) -> dict:
+def record_row(r: dict) -> str:
+    """The baseline row of a record."""
+    return row_key({"dataset": r["dataset"], "pair": r.get("pair", ""),
+                    "label": row_label(r["method"], r.get("teacher_kind") or None, r["role"])})
 
+
+def baseline_from_records(records: list[dict], suite: str, headline_eps: float,
+                          reruns: list[list[dict]] | None = None, alpha: float = ALPHA) -> dict:
+    """The baseline of `records`; with `reruns` (the records of re-runs of their jobs on other machines), each
+    row's measured variation (variation.py) and the smallest drop each checked metric detects at `alpha`."""
     rows: dict = {}
     for r in sorted(records, key=lambda r: (str(r.get("job_id")))):
-        label = row_label(r["method"], r.get("teacher_kind") or None, r["role"])
-        key = row_key({"dataset": r["dataset"], "pair": r.get("pair", ""), "label": label})
-        row = rows.setdefault(key, {"params": json.dumps(r.get("method_params", {}), sort_keys=True), "flags": [],
-                                    "seeds": {}})
+        row = rows.setdefault(record_row(r), {"params": json.dumps(r.get("method_params", {}), sort_keys=True),
+                                              "flags": [], "seeds": {}})
         row["flags"] = sorted(set(row["flags"]) | set(r["flags"]))
         env = r.get("env") or {}
         row["seeds"][str(r["seed"])] = {
             "metrics": {m: float(v) for m, v in sorted(r["metrics"].items()) if is_checked(m)},
             "env": {k: env.get(k) for k in ENV_KEYS}, "examples": r.get("examples")}
-    return {"schema": BASELINE_SCHEMA, "suite": suite, "headline_eps": headline_eps, "rows": rows}
+    baseline = {"schema": BASELINE_SCHEMA, "suite": suite, "headline_eps": headline_eps, "rows": rows}
+    if reruns:
+        from .variation import measure
+
+        variation, baseline["variation"] = measure(records, reruns, record_row, is_checked)
+        checks = sum(len(next(iter(row["seeds"].values()))["metrics"]) for row in rows.values())
+        for key, row in rows.items():
+            measured = sorted(variation.get(key, {}).items())
+            row["variation"] = {m: [round(sd, 7), round(df, 2)] for m, (sd, df) in measured}
+            seeds = len(row["seeds"])
+            row["detectable"] = {m: round(detectable(Variation(*row["variation"][m]), seeds, alpha / checks), 5)
+                                 for m in next(iter(row["seeds"].values()))["metrics"] if m in row["variation"]}
+    return baseline
+
+
+def elsewhere(baseline: dict) -> dict:
+    """`baseline` as another machine would have made it (same numbers, another machine in every seed's env): what
+    compare(baseline, elsewhere(baseline)) says is what a check across machines can catch."""
+    rows = {key: {**row, "seeds": {s: {**seed, "env": {"cpu": {"model": "(another machine)"}}}
+                                   for s, seed in row["seeds"].items()}} for key, row in baseline["rows"].items()}
+    return {**baseline, "rows": rows}
 
 
 def tolerance_override(metric: str, cfg: CheckConfig) -> float | None:
@@ -100,10 +133,16 @@ def _same_sets(what: str, base, now, where: str = "") -> None:
                            + " (run the missing jobs, or --update-baseline on purpose)")
 
 
+COLUMNS = ["row", "metric", "seed", "baseline", "current", "delta", "tolerance", "detectable", "machine", "model",
+           "status"]
+
+
 def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
     """One row per (leaderboard row, metric, seed) on the same machine, per (leaderboard row, metric) across
-    machines (seeds pooled), and per changed flag set; `status` is ok/regressed/improved."""
-    if baseline.get("schema") != BASELINE_SCHEMA:
+    machines (seeds pooled), and per changed flag set; `status` is ok/regressed/improved; across machines
+    `detectable` is the smallest drop found with 80% power and `model` where the tolerance came from (measured,
+    per-example, seed-spread, override)."""
+    if baseline.get("schema") not in READABLE_SCHEMAS:
         raise KdbenchError(f"baseline schema {baseline.get('schema')!r} is not {BASELINE_SCHEMA}; re-create it "
                            "with --update-baseline from the records it was made from")
     if baseline["suite"] != current["suite"]:
@@ -121,7 +160,7 @@ def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
         other = [s for s in base["seeds"] if s not in same]
         plan.append((key, base, now, same, other))
     m = sum(len(next(iter(base["seeds"].values()))["metrics"]) for _, base, _, _, other in plan if other)
-    z = z_for(m, cfg.alpha)
+    level = cfg.alpha / max(m, 1)
     out = []
     for key, base, now, same, other in plan:
         metrics = sorted(next(iter(base["seeds"].values()))["metrics"])
@@ -129,46 +168,56 @@ def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
             override = tolerance_override(metric, cfg)
             for s in same:
                 b, c = base["seeds"][s]["metrics"][metric], now["seeds"][s]["metrics"][metric]
-                out.append(_result(key, metric, s, b, c, FLOAT_NOISE if override is None else override,
-                                   "same machine"))
+                tol = FLOAT_NOISE if override is None else override
+                out.append(_result(key, metric, s, b, c, tol, tol, "same machine", "exact"))
             if other:
                 b = [base["seeds"][s]["metrics"][metric] for s in other]
                 c = [now["seeds"][s]["metrics"][metric] for s in other]
-                tol = override if override is not None else _pooled_tolerance(base, now, other, metric, z, cfg)
-                out.append(_result(key, metric, ",".join(other), sum(b) / len(b), sum(c) / len(c), tol,
-                                   "other machine"))
+                tol, det, model = _tolerance(base, now, other, metric, level, cfg)
+                if override is not None:
+                    tol, det, model = override, override, "override"
+                out.append(_result(key, metric, ",".join(other), sum(b) / len(b), sum(c) / len(c), tol, det,
+                                   "other machine", model))
         new_flags = sorted(set(now["flags"]) - set(base["flags"]))
         gone = sorted(set(base["flags"]) - set(now["flags"]))
         if new_flags or gone:
             out.append({"row": key, "metric": "flags", "seed": "", "baseline": " ".join(base["flags"]) or "-",
-                        "current": " ".join(now["flags"]) or "-", "delta": "", "tolerance": "", "machine": "",
-                        "status": "regressed" if new_flags else "improved"})
-    return pd.DataFrame(out, columns=["row", "metric", "seed", "baseline", "current", "delta", "tolerance",
-                                      "machine", "status"])
+                        "current": " ".join(now["flags"]) or "-", "delta": "", "tolerance": "", "detectable": "",
+                        "machine": "", "model": "", "status": "regressed" if new_flags else "improved"})
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _result(key, metric, seed, b, c, tol, machine) -> dict:
+def _result(key, metric, seed, b, c, tol, det, machine, model) -> dict:
     delta = c - b
     worse = delta > tol if lower_is_better(metric) else delta < -tol
     better = delta < -tol if lower_is_better(metric) else delta > tol
     status = "regressed" if worse else ("improved" if better else "ok")
     return {"row": key, "metric": metric, "seed": seed, "baseline": b, "current": c, "delta": delta,
-            "tolerance": tol, "machine": machine, "status": status}
+            "tolerance": tol, "detectable": det, "machine": machine, "model": model, "status": status}
 
 
-def _pooled_tolerance(base: dict, now: dict, seeds: list[str], metric: str, z: float, cfg: CheckConfig) -> float:
-    """z * sd of the mean over `seeds` of (current - baseline), sd per seed from noise.rerun_sd."""
+def _tolerance(base: dict, now: dict, seeds: list[str], metric: str, level: float,
+               cfg: CheckConfig) -> tuple[float, float, str]:
+    """(tolerance, smallest detectable drop, model) of the mean over `seeds` of (current - baseline) across
+    machines at one-sided `level`: the baseline's measured variation where it has one, else the per-example
+    noise of rerun_noise.py, else the baseline's seed spread."""
+    measured = (base.get("variation") or {}).get(metric)
+    if measured is not None:
+        v = Variation(*measured)
+        return tolerance(v, len(seeds), level), detectable(v, len(seeds), level), "measured"
     variances = []
     for s in seeds:
         bs, cs = base["seeds"][s], now["seeds"][s]
         n = (bs.get("examples") or {}).get("n")
         if not isinstance(n, int) or n != (cs.get("examples") or {}).get("n"):
-            return _fallback([base["seeds"][x]["metrics"][metric] for x in base["seeds"]], cfg)
+            tol = _fallback([base["seeds"][x]["metrics"][metric] for x in base["seeds"]], cfg)
+            return tol, tol, "seed spread"
         mb, mc = masks_of(bs), masks_of(cs)
         sd = rerun_sd(bs["metrics"][metric], cs["metrics"][metric], n, mb.get(metric), mc.get(metric),
                       flip_rate(mb, mc))
         variances.append(sd * sd)
-    return z * math.sqrt(sum(variances)) / len(seeds)
+    v = Variation(math.sqrt(sum(variances)) / math.sqrt(len(seeds)), math.inf)  # per seed, as tolerance() takes
+    return tolerance(v, len(seeds), level), detectable(v, len(seeds), level), "per-example"
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -178,7 +227,8 @@ def format_table(table: pd.DataFrame) -> str:
     shown = table.copy()
     for col in ("baseline", "current"):
         shown[col] = shown[col].map(pct)
-    shown["tolerance"] = table["tolerance"].map(lambda v: "exact" if v == FLOAT_NOISE else pct(v))
+    for col in ("tolerance", "detectable"):
+        shown[col] = table[col].map(lambda v: "exact" if v == FLOAT_NOISE else pct(v))
     shown["delta"] = table["delta"].map(lambda v: f"{100 * v:+.2f}" if isinstance(v, float) else str(v))
     return shown.to_string(index=False)
 

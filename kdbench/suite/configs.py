@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..core.config import from_table
 from ..core.errors import KdbenchError, choices_error
+from ..core.machine import KERNEL_LEVELS
 from ..core.metric_names import check_norm
 from ..data.corruptions import CORRUPTIONS
 from ..evaluation.attacks import ATTACKS
@@ -87,11 +88,13 @@ class ExecutorConfig:
     """`[executor]`: what one job gets, on this machine or a Ray cluster (`run --executor ray`). Not part of job
     ids. `cpus_per_job` is the torch threads of a job with either executor; they change its numbers in the last
     bits, so records name them (`env.threads`) and CPU teachers are cached per thread count. `gpus_per_job` (Ray
-    only) may be a fraction (0.5: two jobs share a GPU)."""
+    only) may be a fraction (0.5: two jobs share a GPU). `kernels` pins the CPU kernels (records name them in
+    `env.cpu.kernels`, and CPU teachers are cached per setting)."""
 
     cpus_per_job: int = 1  # CPUs per job: the job runs torch on that many threads
     gpus_per_job: float = 0.0
     max_retries: int = 2  # re-runs of a job whose worker process or node died, before it counts as failed
+    kernels: str = "native"  # CPU kernels of torch, oneDNN and MKL: "native" (the CPU's best) or "avx2" (machine.py)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class CheckConfig:
     floor: float = 0.02
     tolerance: dict = field(default_factory=dict)  # metric name or glob -> absolute tolerance
     alpha: float = ALPHA  # family-wise error of a check across machines
+    drop: float = 0.05  # across machines: the drop every checked metric should detect (those that cannot are listed)
 
 
 def check_eps(value: float, where: str) -> float:
@@ -234,8 +238,16 @@ def parse_check(table) -> CheckConfig:
             check_norm(key)
         except ValueError as e:
             raise KdbenchError(f"check.tolerance.{key}: {e}") from None
-    if not check.k >= 0 or not check.floor >= 0:
-        raise KdbenchError(f"check.k and check.floor must be >= 0, got {check.k!r} and {check.floor!r}")
+    return validate_check(check, "check.")
+
+
+def validate_check(check: CheckConfig, where: str) -> CheckConfig:
+    """The numbers of a `[check]` table (or of check's flags, `where` = "--") in range."""
+    for key, ok, valid in (("k", check.k >= 0, ">= 0"), ("floor", check.floor >= 0, ">= 0"),
+                           ("alpha", 0 < check.alpha < 1, "in (0, 1)"),
+                           ("drop", 0 < check.drop <= 1, "in (0, 1], accuracy units (0.05 = 5 points)")):
+        if not ok:
+            raise KdbenchError(f"{where}{key} must be {valid}, got {getattr(check, key)!r}")
     return check
 
 
@@ -248,4 +260,6 @@ def check_executor(cfg: ExecutorConfig, where: str = "executor.") -> ExecutorCon
                            f"got {cfg.gpus_per_job!r}")
     if cfg.max_retries < 0:
         raise KdbenchError(f"{where}max_retries must be >= 0, got {cfg.max_retries!r}")
+    if cfg.kernels not in KERNEL_LEVELS:
+        raise KdbenchError(f"{where}kernels {cfg.kernels!r} is unknown; choose from: {', '.join(KERNEL_LEVELS)}")
     return cfg

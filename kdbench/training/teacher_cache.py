@@ -13,6 +13,7 @@ import torch
 
 from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.gpu import autocast_dtype, job_gpu, place
+from ..core.machine import kernel_settings
 from ..core.registry import plugin_ids
 from ..data.augment import AUGMENTATIONS, make_augmenter
 from ..data.registry import DATASETS, config_dict
@@ -24,9 +25,10 @@ from .teachers import TEACHER_KINDS, cache_settings, teacher_key
 
 def teacher_config(spec, job, threads: int) -> dict:
     """What determines a trained teacher, its cache key. `threads`: the torch threads it trains on, which change
-    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead). The training
-    settings are the job's teachers' (`Job.teacher_training`: the suite's [train], also where a method trains
-    its students with settings of its own)."""
+    its weights in the last bits on the CPU (a CUDA job's are set by its [gpu] settings instead), as do the CPU
+    kernel settings in effect (machine.kernel_settings). The training settings are the job's teachers'
+    (`Job.teacher_training`: the suite's [train], also where a method trains its students with settings of its
+    own)."""
     t = job.teacher_training()
     params, kind_train = cache_settings(spec.kind, dict(spec.params), t)  # the kind's own facts (teachers.py)
     # format 2: CPU teachers train in the channels-last layout (gpu.place), which changes their last bits;
@@ -39,6 +41,9 @@ def teacher_config(spec, job, threads: int) -> dict:
         cfg["gpu"] = dataclasses.asdict(job.gpu)
     else:
         cfg["threads"] = threads
+        kernels = kernel_settings()
+        if kernels:  # pinned CPU kernels (machine.py) change the last bits too; unpinned keys stay as they were
+            cfg["kernels"] = kernels
     plugins = plugin_ids([(TEACHER_KINDS, spec.kind), (MODELS, spec.arch), (DATASETS, job.data.name),
                           *((AUGMENTATIONS, a) for a in job.data.augment)])
     if plugins:  # a teacher of a plugin's kind, architecture or data: cached under the plugin's code

@@ -27,8 +27,11 @@ from .plugin_uses import job_uses
 # 4: training steps with optim.FlatOptimizer (Adam's and SGD's updates, in another order of float operations);
 # pretrained (checkpoint, RobustBench) teachers in the layout of trained ones (channels-last on the CPU);
 # 5: ARD as published (CE inner maximisation, student in train mode), the worst case adds the attacks that see
-# through gradient masking, the convergence check re-runs the strongest attack, AutoAttack at reference strength.
-PROTOCOL = 5
+# through gradient masking, the convergence check re-runs the strongest attack, AutoAttack at reference strength;
+# 6: `at` and `iad` attack their student in train mode (the references' batch-norm mode), calibration metrics on
+# every record, AutoAttack's Square with the reference's p schedule, records keep the training history and the
+# training-failed evidence.
+PROTOCOL = 6
 
 
 @dataclass(frozen=True)

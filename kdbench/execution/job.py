@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,16 @@ from ..training.frozen import teachers_kept
 from ..training.loop import fit, predict_logits, seed_everything
 from ..training.teacher_cache import get_teacher
 from .transfer_cache import shared_examples
+
+
+def _where(path: str) -> str:
+    """A plugin's path as a record keeps it: relative to the working directory when it lies under it (a results
+    folder committed with its suite and plugins stays valid in another checkout), else absolute."""
+    full = Path(path).resolve()
+    try:
+        return str(full.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(full)
 
 
 def train_student(job, data, teachers: list, ws) -> tuple[torch.nn.Module, list[dict]]:
@@ -102,7 +113,8 @@ def run_job(job, ws, progress) -> dict:
     }
     plugins = plugin_origins(job_uses(job))
     if plugins:  # the plugins whose code the job ran: file or package, where it was loaded from, full hash
-        record["plugins"] = [{k: v for k, v in dataclasses.asdict(o).items() if v} for o in plugins]
+        record["plugins"] = [{k: _where(v) if k == "path" else v for k, v in dataclasses.asdict(o).items() if v}
+                             for o in plugins]
     if job.save_student and not job.is_teacher:
         from ..records.students import attach_weights
 

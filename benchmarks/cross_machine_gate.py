@@ -130,6 +130,39 @@ def reproduce_counts(baseline_folder: Path, rerun_folder: Path, baseline: dict) 
     return records, metrics, beyond
 
 
+LEVELS = (0.05, 0.005, 0.0005)
+
+
+def exceedance(baseline: dict, rerun_folder: Path) -> tuple[int, dict]:
+    """How often an unchanged re-run's cross-machine differences fall beyond their one-sided level: (metrics
+    compared, {level: count}). With the model calibrated, each count is about level x metrics; counts far above
+    that say the measured variation is too small, far below that it is too wide."""
+    import math
+
+    from scipy import stats
+
+    from kdbench.core.metric_names import lower_is_better
+    from kdbench.records.store import load_records
+    from kdbench.reporting.check import baseline_from_records, compare
+    from kdbench.suite.configs import CheckConfig
+
+    current = baseline_from_records(load_records(rerun_folder)[0], baseline["suite"], baseline["headline_eps"])
+    table = compare(baseline, current, CheckConfig())
+    other = table[table.machine == "other machine"]
+    below = {level: 0 for level in LEVELS}
+    for _, r in other.iterrows():
+        measured = (baseline["rows"][r["row"]].get("variation") or {}).get(r["metric"])
+        if measured is None:
+            continue
+        sd, df = measured
+        k = len(str(r["seed"]).split(","))
+        t = (-r["delta"] if lower_is_better(r["metric"]) else r["delta"]) / (sd / math.sqrt(k))
+        p = stats.t.cdf(t, df)
+        for level in LEVELS:
+            below[level] += p < level
+    return len(other), below
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="robustness")
@@ -179,6 +212,11 @@ def main() -> int:
                                            str(a.work / "injected" / name)])
         caught = "REGRESSION" in out_drop and f"| at: {headline}" in out_drop
         rep = reproduce_counts(results / suite.name, out_dir, baseline)
+        compared, below = exceedance(baseline, out_dir)
+        if compared:
+            print(f"--- {name}: one-sided p below " + ", ".join(
+                f"{level:g}: {below[level]} of {compared} (expected {level * compared:.1f})" for level in LEVELS),
+                flush=True)
         print(f"--- {name} ({' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(flags)}): exit {rc}, "
               f"{wall:.0f}s wall, {cpu:.0f}s CPU\n{out.strip()[-4000:]}\n--- {name}, at {headline} -{100 * a.drop:g} "
               f"points on {changed} seeds: exit {rc_drop}\n{out_drop.strip()[-1500:]}", flush=True)

@@ -83,13 +83,10 @@ def robust_vs_clean(summary: pd.DataFrame, path: Path, headline_eps: float) -> N
     _save(fig, path)
 
 
-def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+def _curves(ax, summary: pd.DataFrame, cols: list) -> None:
+    """A line per row through clean accuracy at 0 and the metric columns `cols` ((radius, column) pairs), with
+    their spread over seeds."""
     styles = _styles(summary)
-    cols = _metric_columns(summary, "sweep")
-    if not cols:
-        ax.text(0.5, 0.5, "no eps sweep in this suite (eval.sweep_eps is empty)", ha="center", va="center",
-                transform=ax.transAxes)
     for idx, r in summary.iterrows():
         pts = [(0.0, r["clean:mean"], r["clean:std"])] + [(eps, r[f"{c}:mean"], r[f"{c}:std"]) for eps, c in cols
                                                            if not pd.isna(r.get(f"{c}:mean"))]
@@ -100,6 +97,15 @@ def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
         ys, sd = [100 * v for v in ys], [100 * v for v in sd]
         ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
                     label=st["label"])
+
+
+def accuracy_vs_eps(summary: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    cols = _metric_columns(summary, "sweep")
+    if not cols:
+        ax.text(0.5, 0.5, "no eps sweep in this suite (eval.sweep_eps is empty)", ha="center", va="center",
+                transform=ax.transAxes)
+    _curves(ax, summary, cols)
     ax.set_xlabel("eps (L-inf, [0, 1] pixel scale)")
     ax.set_ylabel("accuracy under the worst of PGD and APGD-DLR (%)")
     ax.set_title("Accuracy vs eps (mean ± std over seeds; dashed = teachers)")
@@ -173,18 +179,8 @@ def robustness_vs_size(summary: pd.DataFrame, path: Path, headline_eps: float) -
 def accuracy_vs_l2(summary: pd.DataFrame, path: Path) -> None:
     """The L2 worst case against the L2 radius (mean ± std over seeds), a line per row, clean accuracy at 0."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    styles = _styles(summary)
     cols = _metric_columns(summary, "robust-l2")
-    for idx, r in summary.iterrows():
-        pts = [(0.0, r["clean:mean"], r["clean:std"])] + [(eps, r[f"{c}:mean"], r[f"{c}:std"]) for eps, c in cols
-                                                           if not pd.isna(r.get(f"{c}:mean"))]
-        if len(pts) < 2:
-            continue
-        xs, ys, sd = zip(*pts)
-        st = styles[idx]
-        ys, sd = [100 * v for v in ys], [100 * v for v in sd]
-        ax.errorbar(xs, ys, yerr=_bars(ys, sd), ls=st["ls"], marker="o", ms=3, capsize=2, color=st["color"],
-                    label=st["label"])
+    _curves(ax, summary, cols)
     ax.set_xlabel("L2 radius ([0, 1] pixel scale)")
     ax.set_ylabel("worst-case robust accuracy in L2 (%)")
     ax.set_title("Accuracy vs L2 radius (students trained at the L-inf settings; mean ± std over seeds)")

@@ -33,7 +33,7 @@ from ..core.errors import KdbenchError
 from ..core.machine import same_machine
 from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, try_parse
 from ..records.examples import masks_of
-from ..stats.machine_variation import Variation, detectable, tolerance
+from ..stats.machine_variation import Variation, detectable, tolerance, trimmed_seeds
 from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd
 from ..suite.configs import CheckConfig
 from .rows import row_label
@@ -97,7 +97,7 @@ def baseline_from_records(records: list[dict], suite: str, headline_eps: float,
         for key, row in rows.items():
             measured = sorted(variation.get(key, {}).items())
             row["variation"] = {m: [round(sd, 7), round(df, 2)] for m, (sd, df) in measured}
-            seeds = len(row["seeds"])
+            seeds = len(trimmed_seeds(dict.fromkeys(row["seeds"], 0.0)))  # the seeds a comparison averages
             row["detectable"] = {m: round(detectable(Variation(*row["variation"][m]), seeds, alpha / checks), 5)
                                  for m in next(iter(row["seeds"].values()))["metrics"] if m in row["variation"]}
     return baseline
@@ -171,9 +171,11 @@ def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
                 tol = FLOAT_NOISE if override is None else override
                 out.append(_result(key, metric, s, b, c, tol, tol, "same machine", "exact"))
             if other:
-                b = [base["seeds"][s]["metrics"][metric] for s in other]
-                c = [now["seeds"][s]["metrics"][metric] for s in other]
-                tol, det, model = _tolerance(base, now, other, metric, level, cfg)
+                kept = trimmed_seeds({s: now["seeds"][s]["metrics"][metric] - base["seeds"][s]["metrics"][metric]
+                                      for s in other})
+                b = [base["seeds"][s]["metrics"][metric] for s in kept]
+                c = [now["seeds"][s]["metrics"][metric] for s in kept]
+                tol, det, model = _tolerance(base, now, kept, metric, level, cfg)
                 if override is not None:
                     tol, det, model = override, override, "override"
                 out.append(_result(key, metric, ",".join(other), sum(b) / len(b), sum(c) / len(c), tol, det,

@@ -137,8 +137,24 @@ def quantile(level: float, df: float) -> float:
     return float(stats.norm.isf(level) if math.isinf(df) else stats.t.isf(level, df))
 
 
+TRIM_FROM = 5  # seeds: from this many on, a cross-machine comparison leaves the largest and smallest difference out
+
+
+def trimmed_seeds(differences: dict) -> list:
+    """The seeds a cross-machine comparison averages over, from their differences {seed: current - baseline}:
+    with TRIM_FROM or more, all but the one with the largest and the one with the smallest difference. On another
+    machine a seed's training can take another trajectory altogether (one seed of five, on the knife's edge of a
+    collapse, moving by several times what every other seed moved), which no measured variance predicts; the
+    trimmed mean is not moved by one such seed, and a real regression, which moves every seed, moves it as much
+    as the mean."""
+    order = sorted(differences, key=lambda s: (differences[s], str(s)))
+    return order[1:-1] if len(order) >= TRIM_FROM else order
+
+
 def tolerance(v: Variation, seeds: int, level: float) -> float:
-    """The largest drop of the mean over `seeds` seeds that machine variation explains at one-sided `level`."""
+    """The largest drop of the mean over `seeds` seeds that machine variation explains at one-sided `level`. For
+    a trimmed mean (`trimmed_seeds`) `seeds` is the number it averages: for normal variation the middle 3 of 5
+    vary as a mean of 4.4 seeds would, so taking them as 3 errs wide."""
     return quantile(level, v.df) * v.sd / math.sqrt(seeds)
 
 

@@ -80,6 +80,10 @@ def cmd_check(args) -> int:
     from ..suite.configs import validate_check
     from ..suite.load import load_suite
 
+    if args.run:
+        from .run import pin_before_loading
+
+        pin_before_loading(args)
     suite = load_suite(args.suite)
     baseline_path = args.results / suite.name / "baseline.json"
     folder = args.out or args.results / suite.name

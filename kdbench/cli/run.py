@@ -9,6 +9,17 @@ from ..core.errors import KdbenchError
 from .args import data_kwargs
 
 
+def pin_before_loading(args) -> None:
+    """Pin the CPU kernels that --kernels or the suite file asks for before the suite is loaded (loading can run
+    tensor code); executor_for checks the loaded suite's setting again."""
+    from ..core.machine import KERNEL_LEVELS, pin_kernels
+    from ..suite.load import declared_kernels
+
+    level = getattr(args, "kernels", None) or declared_kernels(args.suite)
+    if level in KERNEL_LEVELS:
+        pin_kernels(level)
+
+
 def executor_for(args, suite):
     """The chosen executor as run(out, **run_suite options) -> RunResult; its inputs are checked, nothing runs
     (the CPU kernels are pinned now, before any tensor work, when the suite or --kernels asks)."""
@@ -52,6 +63,7 @@ def cmd_run(args) -> int:
     from ..suite.load import load_suite, with_overrides
 
     # the CIFAR-C folder is checked here, and its corruptions enter the job ids (a dry run's too)
+    pin_before_loading(args)
     suite = with_cifar_c(with_overrides(load_suite(args.suite), args.methods, args.seeds), args.corruptions_from)
     suite = no_save_students(suite, args)
     out = args.out or Path("results") / suite.name

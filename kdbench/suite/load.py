@@ -145,6 +145,19 @@ def resolve_suite_path(suite: str) -> Path:
     return suites[suite]
 
 
+def declared_kernels(suite: str) -> str | None:
+    """The suite file's `[executor] kernels` as written (unchecked; None when absent or unreadable): read before
+    the suite is loaded, since loading it can run tensor code (the data an L2 radius is checked against) and the
+    kernels must be pinned before any (machine.pin_kernels)."""
+    try:
+        doc = tomllib.loads(resolve_suite_path(suite).read_text(encoding="utf-8"))
+    except (KdbenchError, tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+        return None
+    executor = doc.get("executor")
+    kernels = executor.get("kernels") if isinstance(executor, dict) else None
+    return kernels if isinstance(kernels, str) else None
+
+
 def load_suite(suite: str) -> Suite:
     path = resolve_suite_path(suite)
     try:

@@ -200,3 +200,22 @@ def test_one_seed_on_another_trajectory_does_not_fail_the_check_but_a_drop_on_ev
     table = compare(baseline, baseline_from_records(_records(again, "CPU C"), "s", 0.1), CheckConfig())
     bad = table[table["status"] == "regressed"]
     assert list(zip(bad["row"], bad["metric"])) == [("digits | a->b | ard", "robust@0.1")]
+
+
+def test_reproduce_says_when_a_rerun_took_another_trajectory(capsys):
+    """A re-run on another machine whose metrics all moved beyond their measured variation is reported as another
+    trajectory (another model), not as noise; one metric beyond is reported alone."""
+    from kdbench.execution.reproduce import compare_rerun
+
+    env = {"device": "cpu", "threads": 1, "torch": "2.x", "torchattacks": "3.x", "gpu": None}
+    metrics = {f"m{i}": 0.5 for i in range(20)}
+    record = {"metrics": metrics, "flags": [], "env": {**env, "cpu": {**CPU, "model": "CPU A"}}, "examples": None}
+    variation = {m: [0.01, 20.0] for m in metrics}
+    moved = {**record, "env": {**env, "cpu": {**CPU, "model": "CPU B"}},
+             "metrics": {m: v - 0.2 for m, v in metrics.items()}}
+    assert compare_rerun(record, moved, None, variation, "the baseline") == 1
+    assert "took another trajectory" in capsys.readouterr().out
+    one = {**moved, "metrics": {**metrics, "m3": 0.3}}
+    assert compare_rerun(record, one, None, variation, "the baseline") == 1
+    out = capsys.readouterr().out
+    assert "m3" in out and "took another trajectory" not in out

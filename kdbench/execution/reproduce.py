@@ -38,6 +38,10 @@ def expected_variation(record: dict, again: dict, variation: dict | None) -> dic
     return out
 
 
+# a re-run whose metrics moved beyond their variation in these numbers took another training trajectory
+TRAJECTORY_METRICS, TRAJECTORY_SHARE = 10, 0.1
+
+
 def compare_rerun(record: dict, again: dict, tolerance: float | None, variation: dict | None = None,
                   source: str = "") -> int:
     """Print how the re-run `again` differs from `record`; 0 when every metric is within its tolerance.
@@ -78,6 +82,11 @@ def compare_rerun(record: dict, again: dict, tolerance: float | None, variation:
     print(f"{len(rows)} metrics compared: {len(rows) - len(bad)} within the machine's expected variation, {len(bad)} "
           f"beyond (largest difference {100 * worst:.1f} points)"
           + ("" if same_flags else "; the flags differ, which machine variation can do"))
+    if len(bad) >= max(TRAJECTORY_METRICS, TRAJECTORY_SHARE * len(rows)):
+        print(f"the reason: {len(bad)} of {len(rows)} metrics moved beyond their variation together: the re-run's "
+              "training took another trajectory (another model, as another seed would be; seen on another CPU for "
+              "students near a collapse), not measurement noise; `check` across machines leaves one such seed of "
+              "five out (docs/statistics.md)")
     powers = [(r[0], r[5]) for r in rows if r[5] is not None]
     headline = [f"{name} {100 * det:.1f}" for name, det in powers
                 if name == "clean" or name == f"robust@{record.get('headline_eps', 0.1):g}"]

@@ -160,10 +160,34 @@ def test_a_metric_too_unstable_to_check_is_reported_as_such(gate):
     weak = table[table["detectable"] > 0.05]
     assert set(weak["metric"]) == {"transfer@0.2"} and len(weak) == len(METHODS)
     lines = power_lines(table, 0.1, 0.05)
-    assert f"{2 * len(METHODS)} of {3 * len(METHODS)} metrics detect a 5.0-point drop; {len(METHODS)} cannot" \
+    assert f"{2 * len(METHODS)} of {3 * len(METHODS)} metrics in points detect a 5.0-point drop; {len(METHODS)} cannot" \
            in "\n".join(lines)
     assert any(line.strip().startswith("at: transfer@0.2 (") for line in lines)
     assert baseline["rows"]["digits | a->b | at"]["detectable"]["transfer@0.2"] > 0.05  # written in the baseline
+
+
+def test_scores_are_shown_in_their_own_units_and_not_judged_against_a_drop_in_points():
+    """NLL (nats) moving by 0.2 per seed across machines cannot detect a 0.05 rise, but it is no accuracy: the power
+    statement counts it apart, and the table prints it as it is (0.312), not x100 as points (31.2)."""
+    from kdbench.reporting.check import baseline_from_records, compare, elsewhere, format_table
+    from kdbench.reporting.check_summary import power_lines
+    from kdbench.suite.configs import CheckConfig
+
+    rng = np.random.default_rng(4)
+    tau = {"clean": 0.003, "robust@0.1": 0.01, "nll": 0.2}
+    base = {(m, s): {"clean": 0.9 + 0.02 * rng.standard_normal(), "robust@0.1": 0.5 + 0.1 * rng.standard_normal(),
+                     "nll": 0.3 + 0.05 * rng.standard_normal()} for m in METHODS for s in range(1, 6)}
+    baseline = baseline_from_records(_records(base, "CPU A"), "s", 0.1, reruns=[_records(_values(rng, base, tau),
+                                                                                          "CPU B")])
+    table = compare(baseline, elsewhere(baseline), CheckConfig())
+    assert (table.loc[table["metric"] == "nll", "detectable"] > 0.05).all()
+    text = "\n".join(power_lines(table, 0.1, 0.05))
+    assert f"{2 * len(METHODS)} of {2 * len(METHODS)} metrics in points detect a 5.0-point drop\n" in text + "\n"
+    assert f"{len(METHODS)} scores (nll in nats" in text and "nll " in text.splitlines()[-1]
+    one = table[(table["metric"] == "nll") & table["row"].str.endswith("| at")]
+    shown = format_table(one)
+    assert f"{one['baseline'].iloc[0]:.3f}" in shown and f"{100 * one['baseline'].iloc[0]:.1f}" not in shown
+    assert shown.endswith("(points, except the scores nll (nats), shown as they are)")
 
 
 def test_the_same_machine_stays_exact(gate):
@@ -219,3 +243,17 @@ def test_reproduce_says_when_a_rerun_took_another_trajectory(capsys):
     assert compare_rerun(record, one, None, variation, "the baseline") == 1
     out = capsys.readouterr().out
     assert "m3" in out and "took another trajectory" not in out
+
+
+def test_reproduce_states_differences_of_scores_in_their_own_units(capsys):
+    """NLL is no fraction: its difference is said in nats beside the largest one in points, and it is not counted
+    among the metrics that could detect a 5-point change."""
+    from kdbench.execution.reproduce import compare_rerun
+
+    env = {"device": "cpu", "threads": 1, "torch": "2.x", "torchattacks": "3.x", "gpu": None}
+    record = {"metrics": {"clean": 0.9, "nll": 0.3}, "flags": [], "examples": None,
+              "env": {**env, "cpu": {**CPU, "model": "CPU A"}}}
+    again = {**record, "metrics": {"clean": 0.899, "nll": 0.45}, "env": {**env, "cpu": {**CPU, "model": "CPU B"}}}
+    assert compare_rerun(record, again, None, {"clean": [0.01, 20.0], "nll": [0.2, 20.0]}, "the baseline") == 0
+    out = capsys.readouterr().out
+    assert "largest difference 0.1 points, 0.15 nats" in out and "1 of 1 metrics in points" in out

@@ -22,6 +22,9 @@ its own (`pgd-l2@0.5`, `apgd-dlr-l2@0.5`, `autoattack-l2/apgd-t@0.5`, `robust-l2
 of randomized smoothing, `certified-l2@0.5`, `certified-l2/sigma0.25@0.5` per noise level); eps is then a radius in
 that norm. A kind ending in another norm (`robust-l1@0.5`) is not a metric name.
 
+Units: every metric is a fraction, shown x100 as points (accuracies, areas under accuracy curves, ECE), except
+the calibration scores NLL (nats) and Brier (0 to 2), shown as they are (`score_unit`, `shown`).
+
 Direction: every metric is better higher (accuracies, areas under accuracy curves) except the calibration errors
 (`lower_is_better`); tables, differences and the regression gate ask this module.
 """
@@ -69,6 +72,24 @@ def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of `metric` (a metric name) is better: the calibration errors."""
     name = try_parse(metric)
     return name is not None and name.kind in LOWER_IS_BETTER
+
+
+SCORE_UNITS = {"nll": "nats", "brier": "Brier"}  # the metrics that are scores, not fractions, and their units
+
+
+def score_unit(metric: str) -> str | None:
+    """The unit of `metric` when it is a score rather than a fraction (`nll`, `corruption-nll`, `nll/<name>`: nats;
+    the Brier score's own scale), else None: a fraction, which tables show x100 as points."""
+    name = try_parse(metric)
+    return None if name is None else SCORE_UNITS.get(name.kind.removeprefix("corruption-"))
+
+
+def shown(metric: str, value: float, signed: bool = False) -> str:
+    """`value` of `metric` as kdbench prints it: a fraction x100 in points with one decimal (two for a signed
+    difference), a score (`score_unit`) as it is with three decimals."""
+    if score_unit(metric) is not None:
+        return f"{value:+.3f}" if signed else f"{value:.3f}"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.1f}"
 
 
 def fmt_number(value: float) -> str:

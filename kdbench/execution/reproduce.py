@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..core.errors import KdbenchError
 from ..core.machine import KERNEL_LEVELS, describe, differences, pin_kernels, same_machine
+from ..core.metric_names import score_unit
 from ..stats.machine_variation import Variation, detectable, tolerance
 from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, rerun_sds
 
@@ -80,19 +81,29 @@ def compare_rerun(record: dict, again: dict, tolerance: float | None, variation:
     print(f"different machine ({'; '.join(differences(record.get('env'), again.get('env')))}): each metric may move "
           f"{how}; two-sided Bonferroni over {len(rows)} metrics (alpha {ALPHA:g})")
     print(f"{len(rows)} metrics compared: {len(rows) - len(bad)} within the machine's expected variation, {len(bad)} "
-          f"beyond (largest difference {100 * worst:.1f} points)"
+          f"beyond (largest difference {_largest(rows)})"
           + ("" if same_flags else "; the flags differ, which machine variation can do"))
     if len(bad) >= max(TRAJECTORY_METRICS, TRAJECTORY_SHARE * len(rows)):
         print(f"the reason: {len(bad)} of {len(rows)} metrics moved beyond their variation together: the re-run's "
               "training took another trajectory (another model, as another seed would be; seen on another CPU for "
               "students near a collapse), not measurement noise; `check` across machines leaves one such seed of "
               "five out (docs/statistics.md)")
-    powers = [(r[0], r[5]) for r in rows if r[5] is not None]
+    powers = [(r[0], r[5]) for r in rows if r[5] is not None and score_unit(r[0]) is None]  # in points
     headline = [f"{name} {100 * det:.1f}" for name, det in powers
                 if name == "clean" or name == f"robust@{record.get('headline_eps', 0.1):g}"]
     print(f"what it could detect (smallest change found with 80% power, points): {', '.join(headline)}; "
-          f"{sum(det <= DETECT for _, det in powers)} of {len(powers)} metrics detect a {100 * DETECT:g}-point change")
+          f"{sum(det <= DETECT for _, det in powers)} of {len(powers)} metrics in points detect a {100 * DETECT:g}-point "
+          "change")
     return 0 if not bad else 1
+
+
+def _largest(rows: list[tuple]) -> str:
+    """The largest |difference| of the compared metrics: of those in points, and of each score in its own unit."""
+    diffs: dict[str | None, list[float]] = {}
+    for name, _, _, diff, *_ in rows:
+        diffs.setdefault(score_unit(name), []).append(diff)
+    points = [f"{100 * max(diffs.pop(None)):.1f} points"] if None in diffs else []
+    return ", ".join(points + [f"{max(d):.3g} {unit}" for unit, d in sorted(diffs.items())])
 
 
 def load_record_plugins(record: dict) -> None:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..core.errors import KdbenchError
 from ..core.machine import same_machine
-from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, try_parse
+from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, score_unit, shown, try_parse
 from ..records.examples import masks_of
 from ..stats.machine_variation import Variation, detectable, tolerance, trimmed_seeds
 from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd
@@ -223,16 +223,20 @@ def _tolerance(base: dict, now: dict, seeds: list[str], metric: str, level: floa
 
 
 def format_table(table: pd.DataFrame) -> str:
-    def pct(v):
-        return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
+    """The check table as text: fractions in points, NLL and Brier scores in their own units (a closing line says
+    so when the table has any)."""
+    def cell(metric, v, signed=False):
+        return shown(metric, v, signed) if isinstance(v, float) else str(v)
 
-    shown = table.copy()
+    out = table.copy()
     for col in ("baseline", "current"):
-        shown[col] = shown[col].map(pct)
+        out[col] = [cell(m, v) for m, v in zip(table["metric"], table[col])]
     for col in ("tolerance", "detectable"):
-        shown[col] = table[col].map(lambda v: "exact" if v == FLOAT_NOISE else pct(v))
-    shown["delta"] = table["delta"].map(lambda v: f"{100 * v:+.2f}" if isinstance(v, float) else str(v))
-    return shown.to_string(index=False)
+        out[col] = ["exact" if v == FLOAT_NOISE else cell(m, v) for m, v in zip(table["metric"], table[col])]
+    out["delta"] = [cell(m, v, signed=True) for m, v in zip(table["metric"], table["delta"])]
+    scores = sorted({f"{m.split('/')[0]} ({score_unit(m)})" for m in table["metric"] if score_unit(m)})
+    note = f"\n(points, except the scores {', '.join(scores)}, shown as they are)" if scores else ""
+    return out.to_string(index=False) + note
 
 
 def parse_overrides(items: list[str]) -> dict:

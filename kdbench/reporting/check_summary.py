@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..core.metric_names import at_eps
+from ..core.metric_names import SCORE_UNITS, at_eps, score_unit, shown
 
 MODELS = {
     "measured": "tolerances from the variation measured in the baseline",
@@ -43,26 +43,36 @@ def machine_lines(table: pd.DataFrame, alpha: float, baseline: dict) -> list[str
 
 def power_lines(table: pd.DataFrame, headline_eps: float, drop: float, every: bool = False) -> list[str]:
     """What a check across machines can catch: the headline metric of each row (every metric with `every`), then
-    the metrics whose smallest detectable drop exceeds `drop`."""
+    the metrics in points whose smallest detectable drop exceeds `drop`, and the smallest detectable rise of the
+    scores (NLL, Brier), which are not in points and are not judged against `drop`."""
     other = table[table["machine"] == "other machine"]
     if not len(other):
         return []
     headline = at_eps("robust", headline_eps)
-    shown = (other if every else other[other["metric"] == headline]).copy()
-    shown["teacher"] = shown["row"].map(lambda r: _short(r).startswith("teacher ("))
-    shown = shown.sort_values(["teacher", "row", "metric"])
+    rows = (other if every else other[other["metric"] == headline]).copy()
+    rows["teacher"] = rows["row"].map(lambda r: _short(r).startswith("teacher ("))
+    rows = rows.sort_values(["teacher", "row", "metric"])
     lines = ["what a check on another machine can catch: the smallest drop of the mean over the compared seeds "
-             "found with 80% power (points)"]
-    width = max(len(_short(r)) for r in shown["row"]) if len(shown) else 4
+             "found with 80% power (points; NLL in nats and Brier as scores)"]
+    width = max(len(_short(r)) for r in rows["row"]) if len(rows) else 4
     lines.append(f"  {'row':<{width}}  {'metric':<20} {'seeds':>5} {'tolerance':>9} {'detectable':>10}")
-    for _, r in shown.iterrows():
+    for _, r in rows.iterrows():
         lines.append(f"  {_short(r['row']):<{width}}  {r['metric']:<20} {len(str(r['seed']).split(',')):>5} "
-                     f"{_pts(r['tolerance']):>9} {_pts(r['detectable']):>10}")
-    weak = other[other["detectable"] > drop + 1e-12]
-    lines.append(f"{len(other) - len(weak)} of {len(other)} metrics detect a {_pts(drop)}-point drop"
+                     f"{shown(r['metric'], r['tolerance']):>9} {shown(r['metric'], r['detectable']):>10}")
+    is_score = other["metric"].map(lambda m: score_unit(m) is not None)
+    points, scores = other[~is_score], other[is_score]
+    weak = points[points["detectable"] > drop + 1e-12]
+    lines.append(f"{len(points) - len(weak)} of {len(points)} metrics in points detect a {_pts(drop)}-point drop"
                  + (f"; {len(weak)} cannot and are checked at their own tolerance (smallest detectable drop):"
                     if len(weak) else ""))
-    for row, rows in weak.groupby("row", sort=True):
-        items = ", ".join(f"{r['metric']} ({_pts(r['detectable'])})" for _, r in rows.iterrows())
+    for row, group in weak.groupby("row", sort=True):
+        items = ", ".join(f"{r['metric']} ({_pts(r['detectable'])})" for _, r in group.iterrows())
         lines.append(f"  {_short(row)}: {items}")
+    if len(scores):
+        units = ", ".join(f"{k} in {u}" if u != "Brier" else f"{k} as a score (0 to 2)"
+                          for k, u in SCORE_UNITS.items())
+        lines.append(f"{len(scores)} scores ({units}), checked at their own tolerance; the smallest detectable "
+                     "rise, median [largest] over the rows: " + ", ".join(
+                         f"{m} {d.median():.3f} [{d.max():.3f}]"
+                         for m, d in scores.groupby("metric")["detectable"]))
     return lines

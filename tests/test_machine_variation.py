@@ -243,6 +243,9 @@ def test_reproduce_says_when_a_rerun_took_another_trajectory(capsys):
     assert compare_rerun(record, one, None, variation, "the baseline") == 1
     out = capsys.readouterr().out
     assert "m3" in out and "took another trajectory" not in out
+    assert "the reason, most likely: a re-run on another machine is another training run" in out
+    compare_rerun(record, {**one, "metrics": metrics}, None, variation, "the baseline")
+    assert "the reason" not in capsys.readouterr().out  # nothing beyond: nothing to explain
 
 
 def test_reproduce_states_differences_of_scores_in_their_own_units(capsys):

@@ -88,6 +88,11 @@ def compare_rerun(record: dict, again: dict, tolerance: float | None, variation:
               "training took another trajectory (another model, as another seed would be; seen on another CPU for "
               "students near a collapse), not measurement noise; `check` across machines leaves one such seed of "
               "five out (docs/statistics.md)")
+    elif bad:
+        print(f"the reason, most likely: a re-run on another machine is another training run, and one seed's can move "
+              f"further than the baseline's re-runs measured ({len(bad)} of {len(rows)} metrics here; across the "
+              "default suite's records this happens to a few correlated metrics of one record in several, "
+              "docs/statistics.md); whether the code changed is a question for `check` over every seed")
     powers = [(r[0], r[5]) for r in rows if r[5] is not None and score_unit(r[0]) is None]  # in points
     headline = [f"{name} {100 * det:.1f}" for name, det in powers
                 if name == "clean" or name == f"robust@{record.get('headline_eps', 0.1):g}"]

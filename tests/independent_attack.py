@@ -31,9 +31,10 @@ def _correct(model, x, y):
     return model(x).argmax(1) == y
 
 
-def strong_robust(model, x, y, eps, steps=200, restarts=10, seed=0, losses=tuple(LOSSES)) -> torch.Tensor:
-    """Per-example mask: correct clean and under every (loss, restart) PGD run of `steps` steps (step size
-    eps/4 decayed to eps/40 over the run), random uniform start."""
+def _survivors(model, x, y, losses, restarts, steps, seed, start, move) -> torch.Tensor:
+    """Per-example mask: correct clean and under every (loss, restart) run of `steps` steps, each restart from
+    `start(x0, g)` (g: the run's generator) with `move(xa, grad, x0, t)` as its step; an example broken at any
+    iterate counts as broken. Only the survivors so far are attacked again."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     ok = _correct(model, x, y)
     for name in losses:
@@ -43,21 +44,32 @@ def strong_robust(model, x, y, eps, steps=200, restarts=10, seed=0, losses=tuple
             if not len(idx):
                 return ok
             x0, y0 = x[idx], y[idx]
-            delta = (torch.rand(x0.shape, generator=g, device=x.device) * 2 - 1) * eps
-            xa = (x0 + delta).clamp(0, 1)
+            xa = start(x0, g)
             broken = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
             for t in range(steps):
-                step = eps / 4 * (0.1 ** (t / max(steps - 1, 1)))
                 xa.requires_grad_(True)
                 with torch.enable_grad():
                     z = model(xa)
                     loss = loss_fn(z, y0).sum()
                     (grad,) = torch.autograd.grad(loss, xa)
                 broken |= (z.argmax(1) != y0).detach()
-                xa = torch.min(torch.max(xa.detach() + step * grad.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+                xa = move(xa.detach(), grad, x0, t)
             broken |= ~_correct(model, xa, y0)
             ok[idx] = ~broken
     return ok
+
+
+def strong_robust(model, x, y, eps, steps=200, restarts=10, seed=0, losses=tuple(LOSSES)) -> torch.Tensor:
+    """Per-example mask: correct clean and under every (loss, restart) PGD run of `steps` steps (step size
+    eps/4 decayed to eps/40 over the run), random uniform start."""
+    def start(x0, g):
+        return (x0 + (torch.rand(x0.shape, generator=g, device=x0.device) * 2 - 1) * eps).clamp(0, 1)
+
+    def move(xa, grad, x0, t):
+        step = eps / 4 * (0.1 ** (t / max(steps - 1, 1)))
+        return torch.min(torch.max(xa + step * grad.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+
+    return _survivors(model, x, y, losses, restarts, steps, seed, start, move)
 
 
 def _l2_normalise(v):
@@ -78,28 +90,13 @@ def strong_robust_l2(model, x, y, eps, steps=200, restarts=10, seed=0, losses=tu
     eps/20 over the run), projected onto the L2 ball of radius eps and into [0, 1]; each restart starts at a
     uniformly random direction at a uniformly random fraction of eps. An example is robust only if it survives every
     loss and every restart."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    ok = _correct(model, x, y)
-    for name in losses:
-        loss_fn = LOSSES[name]
-        for _ in range(restarts):
-            idx = torch.nonzero(ok).flatten()
-            if not len(idx):
-                return ok
-            x0, y0 = x[idx], y[idx]
-            direction = _l2_normalise(torch.randn(x0.shape, generator=g, device=x.device))
-            radius = torch.rand(len(idx), generator=g, device=x.device).view(-1, *([1] * (x0.dim() - 1)))
-            xa = _project_l2(x0 + direction * radius * eps, x0, eps)
-            broken = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-            for t in range(steps):
-                step = eps / 2 * (0.1 ** (t / max(steps - 1, 1)))
-                xa.requires_grad_(True)
-                with torch.enable_grad():
-                    z = model(xa)
-                    loss = loss_fn(z, y0).sum()
-                    (grad,) = torch.autograd.grad(loss, xa)
-                broken |= (z.argmax(1) != y0).detach()
-                xa = _project_l2(xa.detach() + step * _l2_normalise(grad), x0, eps)
-            broken |= ~_correct(model, xa, y0)
-            ok[idx] = ~broken
-    return ok
+    def start(x0, g):
+        direction = _l2_normalise(torch.randn(x0.shape, generator=g, device=x0.device))
+        radius = torch.rand(len(x0), generator=g, device=x0.device).view(-1, *([1] * (x0.dim() - 1)))
+        return _project_l2(x0 + direction * radius * eps, x0, eps)
+
+    def move(xa, grad, x0, t):
+        step = eps / 2 * (0.1 ** (t / max(steps - 1, 1)))
+        return _project_l2(xa + step * _l2_normalise(grad), x0, eps)
+
+    return _survivors(model, x, y, losses, restarts, steps, seed, start, move)

@@ -333,6 +333,14 @@ def test_a_student_that_failed_to_train_is_flagged_and_left_out(tmp_path, tiny_r
     assert failed["metrics"]["clean"] <= evidence["threshold"] < 0.2 and evidence["superseded"]
     assert evidence["loss_last_epoch"] == sum(failed["train_history"][-1].values())
     assert len(failed["train_history"]) == 2 and "training-failed" not in ce1["flags"]  # every epoch kept
+    # lr 1.0 is another configuration of the ce row, and its newest: the reports leave seed 1 (lr 0.003) out
+    assert "1 record(s)" in proc.stderr and "earlier configuration of their row and are left out (rows: ce;" in proc.stderr
+    # as if one configuration had collapsed on seed 2 alone: the failed record gets seed 1's configuration
+    path = next(p for p in (out / "records").glob("*.json") if json.loads(p.read_text())["job_id"] == failed["job_id"])
+    failed["config"] = {**ce1["config"], "seed": 2}
+    path.write_text(json.dumps(failed))
+    proc = run_cli("leaderboard", "--results", out.parent, "--suite", out.name)
+    assert proc.returncode == 0 and "earlier configuration" not in proc.stderr, proc.stderr
 
     md = (out / "leaderboard.md").read_text()
     rows = _table(md)

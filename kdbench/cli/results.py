@@ -38,6 +38,7 @@ def cmd_list(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from ..records.merge import merge_into
+    from ..reporting.current import superseded_line
     from ..reporting.report import write_reports
 
     root = args.results
@@ -57,6 +58,8 @@ def cmd_leaderboard(args) -> int:
         rep = write_reports(folder)
         for b in rep["bad"]:
             print(f"warning: skipped damaged record {b.path}: {b.reason}", file=sys.stderr)
+        if rep.get("superseded"):
+            print(superseded_line(rep["superseded"], folder), file=sys.stderr)
         print(f"{folder}: {rep['records']} records -> summary.csv, leaderboard.md, leaderboard.html, "
               f"{len(rep['plots'])} plots" + ("" if rep.get("rebuilt", True) else " (up to date, nothing rewritten)"))
     return 0
@@ -76,6 +79,7 @@ def cmd_check(args) -> int:
         write_baseline,
     )
     from ..reporting.check_summary import machine_lines, power_lines
+    from ..reporting.current import current, superseded_line
     from ..reporting.report import write_reports
     from ..suite.configs import validate_check
     from ..suite.load import load_suite
@@ -116,6 +120,9 @@ def cmd_check(args) -> int:
         for b in bad:
             print(f"damaged record {b.path}: {b.reason}", file=sys.stderr)
         return 1
+    records, superseded = current(records)
+    if superseded:
+        print(superseded_line(superseded, folder), file=sys.stderr)
     if not records:
         raise KdbenchError(f"no records for suite {suite.name!r} under {str(folder)!r}; run it first (or use --run)")
     path = baseline_path

@@ -59,6 +59,7 @@ def executor_for(args, suite):
 def cmd_run(args) -> int:
     from ..core.gpu import pick_device
     from ..evaluation.cifar_c import with_cifar_c
+    from ..reporting.current import superseded_line
     from ..reporting.report import console_table, write_reports
     from ..suite.load import load_suite, with_overrides
 
@@ -80,6 +81,8 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     rep = write_reports(out, suite.name, suite.headline_eps)
     result.profile["reporting"] = time.perf_counter() - t0
+    if rep.get("superseded"):
+        print(superseded_line(rep["superseded"], out), file=sys.stderr)
     if not args.quiet:
         print(console_table(rep["summary"], suite.headline_eps, rep["record_list"]))
     for job, reason in result.failed:

@@ -117,11 +117,15 @@ def model_source(arch: str) -> str:
 
 
 def _row_card(folder: Path, record: dict) -> dict:
+    """The card of the record's row as the record's configuration ran it (current.py: the folder may also hold
+    another configuration of the row)."""
     from ..records.store import load_records
     from .cards import build_cards, card_file
+    from .current import row_config
     from .rows import group_key
 
-    records = load_records(folder)[0] or [record]
+    mine = (group_key(record), row_config(record))
+    records = [r for r in load_records(folder)[0] if (group_key(r), row_config(r)) == mine]
     if record["job_id"] not in {r["job_id"] for r in records}:
         records.append(record)
     return build_cards(records, record["suite"])[card_file(group_key(record))]

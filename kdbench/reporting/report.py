@@ -21,6 +21,7 @@ from ..core.metric_names import at_eps, fmt_number, try_parse
 from ..records.store import atomic_write_text, load_records
 from ..stats.spread import mean_std
 from .cards import CARDS_DIR, build_cards, card_file
+from .current import current
 from .deltas import baselines_of, delta_columns
 from .rows import GROUP, UNDER_TRAINED_BASELINE, UNDER_TRAINED_GAP, counted, group_key, headline_l2, row_label, \
     under_trained
@@ -278,8 +279,9 @@ def _built_from(out: Path, key: str) -> list[Path] | None:
 
 def write_reports(out: Path, suite: str | None = None, headline_eps: float | None = None,
                   records: list[dict] | None = None) -> dict:
-    """Rebuild summary.csv, leaderboard.md, leaderboard.html and plots/ under `out` from its records, unless
-    they were built from the same inputs and are intact (see the module docstring); `rebuilt` says which."""
+    """Rebuild summary.csv, leaderboard.md, leaderboard.html and plots/ under `out` from its records (each row's
+    newest configuration: current.py; `superseded` lists the others), unless they were built from the same inputs
+    and are intact (see the module docstring); `rebuilt` says which."""
     from . import plots
     from .html import leaderboard_html
 
@@ -287,6 +289,7 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
     bad = []
     if records is None:
         records, bad = load_records(out)
+    records, superseded = current(records)
     if suite is None:
         suite = records[0]["suite"] if records else out.name
     if headline_eps is None:
@@ -295,7 +298,7 @@ def write_reports(out: Path, suite: str | None = None, headline_eps: float | Non
     summary = summarize(records)
     key = _inputs_key(records, suite, headline_eps)
     result = {"records": len(records), "bad": bad, "summary": summary, "headline_eps": headline_eps,
-              "record_list": records}
+              "record_list": records, "superseded": superseded}
     unchanged = _built_from(out, key)
     if unchanged is not None:
         return {**result, "plots": unchanged, "rebuilt": False}

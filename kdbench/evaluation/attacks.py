@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torchattacks
 from torch import nn
 
 from ..core.registry import Registry
@@ -56,20 +55,24 @@ class AttackDef:
 
 
 def _fgsm(model, eps, ev, seed, num_classes):
+    import torchattacks
     return torchattacks.FGSM(model, eps=eps)
 
 
 def _pgd(model, eps, ev, seed, num_classes):
+    import torchattacks
     return torchattacks.PGD(model, eps=eps, alpha=ev.pgd_step_ratio * eps, steps=ev.pgd_steps, random_start=True)
 
 
 def _pgd_l2(model, eps, ev, seed, num_classes):
+    import torchattacks
     return torchattacks.PGDL2(ContiguousInputGrad(model), eps=eps, alpha=ev.pgd_step_ratio * eps, steps=ev.pgd_steps,
                               random_start=True)
 
 
 def _apgd(loss, norm="linf"):
     def build(model, eps, ev, seed, num_classes):
+        import torchattacks
         return torchattacks.APGD(model, norm=autoattack.TORCHATTACKS_NORM[norm], eps=eps, steps=ev.apgd_steps,
                                  n_restarts=1, seed=seed, loss=loss)
 
@@ -105,6 +108,7 @@ def _pgd_rescaled_l2(model, eps, ev, seed, num_classes):
 
 def _square(norm="linf"):
     def build(model, eps, ev, seed, num_classes):
+        import torchattacks
         return torchattacks.Square(model, norm=autoattack.TORCHATTACKS_NORM[norm], eps=eps,
                                    n_queries=ev.square_queries, n_restarts=1, seed=seed, loss="margin")
 

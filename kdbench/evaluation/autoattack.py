@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-import torchattacks
-
 REFERENCE_STEPS = 100
 REFERENCE_TARGETS = 9
 REFERENCE_QUERIES = 5000
@@ -54,11 +52,13 @@ class Component:
 
 
 def _apgd_ce(model, eps, seed, num_classes, norm="linf"):
+    import torchattacks
     return torchattacks.APGD(model, norm=TORCHATTACKS_NORM[norm], eps=eps, steps=REFERENCE_STEPS, n_restarts=1,
                              seed=seed, loss="ce", rho=0.75)
 
 
 def _apgd_t(model, eps, seed, num_classes, steps=REFERENCE_STEPS, norm="linf"):
+    import torchattacks
     atk = torchattacks.APGDT(model, norm=TORCHATTACKS_NORM[norm], eps=eps, steps=steps, n_restarts=1, seed=seed,
                              rho=0.75, n_classes=num_classes)
     atk.n_target_classes = n_targets(num_classes)
@@ -66,6 +66,7 @@ def _apgd_t(model, eps, seed, num_classes, steps=REFERENCE_STEPS, norm="linf"):
 
 
 def _fab_t(model, eps, seed, num_classes, norm="linf"):
+    import torchattacks
     atk = torchattacks.FAB(model, norm=TORCHATTACKS_NORM[norm], eps=eps, steps=REFERENCE_STEPS, n_restarts=1,
                            seed=seed, multi_targeted=True, n_classes=num_classes)
     atk.n_target_classes = n_targets(num_classes)
@@ -73,6 +74,7 @@ def _fab_t(model, eps, seed, num_classes, norm="linf"):
 
 
 def _square(model, eps, seed, num_classes, norm="linf"):
+    import torchattacks
     return torchattacks.Square(model, norm=TORCHATTACKS_NORM[norm], eps=eps, n_queries=REFERENCE_QUERIES,
                                n_restarts=1, seed=seed, p_init=0.8, loss="margin", resc_schedule=False)
 

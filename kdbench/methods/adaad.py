@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import nn
 
 from ..core.bounds import WEIGHT
@@ -64,6 +63,7 @@ class AdaAD(Distiller):
     baselines = ("ce", "at")
 
     def __init__(self, student, teachers, params, ctx):
+        import torchattacks
         super().__init__(student, teachers, params, ctx)
         self.gap = [Disagreement(student, self.teacher)]  # a list: the student is not registered twice
         self.pgd = torchattacks.PGD(self.gap[0], eps=ctx.adv_eps, alpha=ctx.adv_step_size, steps=ctx.adv_steps,

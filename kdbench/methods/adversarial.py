@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 
 from ..core.bounds import POSITIVE, WEIGHT
 from ..core.gpu import full_precision
@@ -35,6 +34,7 @@ class AdversarialDistiller(Distiller):
     teacher_kind = "adversarial"
 
     def __init__(self, student, teachers, params, ctx):
+        import torchattacks
         super().__init__(student, teachers, params, ctx)
         self.pgd = torchattacks.PGD(student, eps=ctx.adv_eps, alpha=ctx.adv_step_size, steps=ctx.adv_steps,
                                     random_start=True)

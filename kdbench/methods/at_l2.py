@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-import torchattacks
 
 from ..core.bounds import POSITIVE
 from ..core.gpu import full_precision
@@ -33,6 +32,7 @@ class ATL2(Distiller):
     uses_teacher_logits = False
 
     def __init__(self, student, teachers, params, ctx):
+        import torchattacks
         super().__init__(student, teachers, params, ctx)
         eps, steps = self.params["eps"], max(ctx.adv_steps, 1)
         # PGDL2 flattens the input gradient with .view: contiguous whatever the student's memory format

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import nn
 
 from ..core.bounds import NON_NEGATIVE
@@ -29,6 +28,7 @@ def trades_attack(model: nn.Module, eps: float, step_size: float, steps: int,
                   mode: str = "eval") -> torchattacks.TPGD:
     """TRADES's inner maximisation of KL(f(x) || f(x')) on `model` (torchattacks TPGD), with the model in `mode`
     during the attack (inner_attack.ATTACK_MODES)."""
+    import torchattacks
     attack = torchattacks.TPGD(model, eps=eps, alpha=step_size, steps=steps)
     set_attack_mode(attack, mode)
     return attack

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch.nn.functional as F
-import torchattacks
 
 from ..core.gpu import full_precision
 from ..core.identity import digest
@@ -54,6 +53,7 @@ def _standard(model, params, train_cfg):
 
 
 def _adversarial(model, params, train_cfg):
+    import torchattacks
     t = train_cfg
     attack = torchattacks.PGD(model, eps=t.adv_eps, alpha=t.step_size(), steps=t.adv_steps, random_start=True)
 

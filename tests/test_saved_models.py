@@ -89,13 +89,14 @@ def test_saved_student_evaluates_to_its_record_and_exports(tmp_path, tiny_run, t
     model.load_state_dict(torch.load(out / kd["student"]["weights"]["file"], weights_only=True))
     assert torch.equal(torch.load(dest / "logits.pt", weights_only=True), model.eval()(data.x_test[:16]))
 
-    # --no-save-students: records without weights, no students/ folder
+    # --no-save-students: records without weights, no students/ folder; --no-report: no reports either
     bare = tmp_path / "bare"
     r = run_main("run", "--suite", suite, "--out", bare, "--cache-dir", cache, "--methods", "ce", "--seeds", "1",
-                "--no-save-students", "--quiet")
+                "--no-save-students", "--no-report", "--quiet")
     assert r.returncode == 0, r.stderr
     assert not (bare / "students").exists()
     assert all("weights" not in rec["student"] for rec in _records(bare))
+    assert not {"summary.csv", "leaderboard.md", "leaderboard.html", "plots", "cards"} & {p.name for p in bare.iterdir()}
 
 
 def _plain_torch_model(num_classes: int = 10, shape=None, arch: str = "cnn-small", epochs: int = 15):

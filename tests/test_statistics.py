@@ -287,6 +287,8 @@ def test_check_across_machines_with_a_measured_variation(tmp_path, tiny_run):
     jobs = len(tiny_run.records())
     assert len(reruns) == 2 and {r["jobs"] for r in reruns} == {baseline["variation"]["of"]} == {jobs}
     assert all(r["differs_by"] for r in reruns)  # other machines: other kernels (or threads, on other CPUs)
+    for rerun in (results / "tiny" / "variation").iterdir():  # their records only: nobody reads their reports
+        assert (rerun / "records").is_dir() and not (rerun / "leaderboard.md").exists()
     assert "what a check on another machine can catch" in made.stdout
     three = tmp_path / "three-threads"
     proc = run_main("run", "--suite", suite, "--workers", "1", "--quiet", "--out", three, "--cpus-per-job", "3",

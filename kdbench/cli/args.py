@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep no student weights beside the records (default: the suite's [save] students, on)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the job grid and a compute-time estimate measured on this device; run nothing")
+    run.add_argument("--no-report", action="store_true",
+                     help="write the records only, no summary, leaderboard, plots or cards (build them later with "
+                          "`leaderboard`)")
     add_executor_args(run)
     add_plugin_args(run)
 

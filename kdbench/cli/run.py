@@ -78,13 +78,14 @@ def cmd_run(args) -> int:
     result = run_suite(out, cache_dir=args.cache_dir, quiet=args.quiet, fail_fast=args.fail_fast, **data_kwargs(args))
     import time
 
-    t0 = time.perf_counter()
-    rep = write_reports(out, suite.name, suite.headline_eps)
-    result.profile["reporting"] = time.perf_counter() - t0
-    if rep.get("superseded"):
-        print(superseded_line(rep["superseded"], out), file=sys.stderr)
-    if not args.quiet:
-        print(console_table(rep["summary"], suite.headline_eps, rep["record_list"]))
+    if not args.no_report:
+        t0 = time.perf_counter()
+        rep = write_reports(out, suite.name, suite.headline_eps)
+        result.profile["reporting"] = time.perf_counter() - t0
+        if rep.get("superseded"):
+            print(superseded_line(rep["superseded"], out), file=sys.stderr)
+        if not args.quiet:
+            print(console_table(rep["summary"], suite.headline_eps, rep["record_list"]))
     for job, reason in result.failed:
         print(f"FAILED {job.label()} [{job.job_id}]: {reason}", file=sys.stderr)
     if args.profile:

@@ -82,8 +82,8 @@ def _rerun_here(args, root: Path, records: list[dict]) -> list[Path]:
     for name, settings, threads in perturbations(records):
         out = root / name
         # --kernels native: the environment below sets them, not the suite's [executor] kernels
-        flags = ["--suite", str(args.suite), "--out", str(out), "--no-save-students", "--device", args.device,
-                 "--executor", args.executor, "--kernels", "native"]
+        flags = ["--suite", str(args.suite), "--out", str(out), "--no-save-students", "--no-report", "--device",
+                 args.device, "--executor", args.executor, "--kernels", "native"]
         for flag, value in (("--workers", args.workers), ("--address", args.address),
                             ("--cpus-per-job", threads or args.cpus_per_job), ("--gpus-per-job", args.gpus_per_job),
                             ("--max-retries", args.max_retries), ("--cache-dir", args.cache_dir),

@@ -260,3 +260,30 @@ def test_reproduce_states_differences_of_scores_in_their_own_units(capsys):
     assert compare_rerun(record, again, None, {"clean": [0.01, 20.0], "nll": [0.2, 20.0]}, "the baseline") == 0
     out = capsys.readouterr().out
     assert "largest difference 0.1 points, 0.15 nats" in out and "1 of 1 metrics in points" in out
+
+
+def test_a_sanity_flag_new_on_one_seed_on_another_machine_is_reported_not_failed(gate):
+    """Across machines a threshold flag (ce-above-margin) that fires on one seed of five is `moved` (exit 0); on
+    two seeds, a structural flag (training-failed) on one, or any new flag on the same machine, is a regression."""
+    from kdbench.reporting.check import baseline_from_records, compare
+    from kdbench.suite.configs import CheckConfig
+
+    baseline, base, tau, rng = gate
+    again = _values(rng, base, tau)
+
+    def flagged(cpu, on):
+        records = _records(again if cpu != "CPU A" else base, cpu)
+        for r in records:
+            r["flags"] = [flag for (method, seed), flag in on.items() if (r["method"], r["seed"]) == (method, seed)]
+        return compare(baseline, baseline_from_records(records, "s", 0.1), CheckConfig())
+
+    def flag_rows(table):
+        return table[table["metric"] == "flags"][["row", "seed", "status"]].values.tolist()
+
+    one = flagged("CPU C", {("kd", 3): "ce-above-margin"})
+    assert flag_rows(one) == [["digits | a->b | kd", "3", "moved"]]
+    assert not (one["status"] == "regressed").any()
+    two = flagged("CPU C", {("kd", 3): "ce-above-margin", ("kd", 4): "ce-above-margin"})
+    assert flag_rows(two) == [["digits | a->b | kd", "", "regressed"]]
+    assert flag_rows(flagged("CPU C", {("kd", 3): "training-failed"})) == [["digits | a->b | kd", "", "regressed"]]
+    assert flag_rows(flagged("CPU A", {("kd", 3): "ce-above-margin"})) == [["digits | a->b | kd", "", "regressed"]]

@@ -17,7 +17,10 @@ Each seed of the results is compared with the same seed of the baseline:
   per-example data max(k * std * sqrt(2 / n), floor) over the baseline's seeds. Each metric also gets the
   smallest drop it detects with 80% power; the metrics that cannot detect `[check] drop` are listed.
 A `[check] tolerance` (or --tolerance) for a metric replaces the computed tolerance. A flag that fires now but
-did not in the baseline is a regression too. Usage errors (no baseline, another suite's or an older schema's
+did not in the baseline is a regression too, except across machines when a sanity threshold's flag (not one of
+STRUCTURAL_FLAGS) fires on one seed alone of a row of TRIM_FROM or more seeds: the numbers its threshold sits on
+are what machine variation moves, and one seed is what the trimmed mean leaves out, so it is reported as `moved`
+and does not fail the check; on two seeds, or on the same machine, it is a regression. Usage errors (no baseline, another suite's or an older schema's
 baseline, a row, seed or metric present on one side only) exit 2.
 """
 
@@ -33,7 +36,7 @@ from ..core.errors import KdbenchError
 from ..core.machine import same_machine
 from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, score_unit, shown, try_parse
 from ..records.examples import masks_of
-from ..stats.machine_variation import Variation, detectable, tolerance, trimmed_seeds
+from ..stats.machine_variation import TRIM_FROM, Variation, detectable, tolerance, trimmed_seeds
 from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd
 from ..suite.configs import CheckConfig
 from .rows import row_label
@@ -87,7 +90,7 @@ def baseline_from_records(records: list[dict], suite: str, headline_eps: float,
         env = r.get("env") or {}
         row["seeds"][str(r["seed"])] = {
             "metrics": {m: float(v) for m, v in sorted(r["metrics"].items()) if is_checked(m)},
-            "env": {k: env.get(k) for k in ENV_KEYS}, "examples": r.get("examples")}
+            "env": {k: env.get(k) for k in ENV_KEYS}, "examples": r.get("examples"), "flags": sorted(r["flags"])}
     baseline = {"schema": BASELINE_SCHEMA, "suite": suite, "headline_eps": headline_eps, "rows": rows}
     if reruns:
         from .variation import measure
@@ -183,10 +186,31 @@ def compare(baseline: dict, current: dict, cfg: CheckConfig) -> pd.DataFrame:
         new_flags = sorted(set(now["flags"]) - set(base["flags"]))
         gone = sorted(set(base["flags"]) - set(now["flags"]))
         if new_flags or gone:
-            out.append({"row": key, "metric": "flags", "seed": "", "baseline": " ".join(base["flags"]) or "-",
-                        "current": " ".join(now["flags"]) or "-", "delta": "", "tolerance": "", "detectable": "",
-                        "machine": "", "model": "", "status": "regressed" if new_flags else "improved"})
+            alone = one_seeds_flags(new_flags, now, other)
+            out.append({"row": key, "metric": "flags", "seed": ",".join(alone or []),
+                        "baseline": " ".join(base["flags"]) or "-", "current": " ".join(now["flags"]) or "-",
+                        "delta": "", "tolerance": "", "detectable": "", "machine": "",
+                        "model": "", "status": "moved" if alone else ("regressed" if new_flags else "improved")})
     return pd.DataFrame(out, columns=COLUMNS)
+
+
+# flags that say what the model or its code is, not where a number fell against a threshold: new, they fail a check
+# on any machine
+STRUCTURAL_FLAGS = ("training-failed", "randomized-outputs", "probability-outputs")
+
+
+def one_seeds_flags(new_flags: list[str], now: dict, other: list[str]) -> list[str] | None:
+    """The seeds on which `new_flags` fire, when each fires on one seed alone of a row of TRIM_FROM or more seeds,
+    that seed on another machine, and none is structural (the module docstring); else None."""
+    seeds = now["seeds"]
+    if not new_flags or len(seeds) < TRIM_FROM or set(new_flags) & set(STRUCTURAL_FLAGS):
+        return None
+    if any("flags" not in seed for seed in seeds.values()):
+        return None  # records of an older baseline format: no per-seed flags
+    fired = [[s for s, seed in seeds.items() if flag in seed["flags"]] for flag in new_flags]
+    if any(len(on) != 1 or on[0] not in other for on in fired):
+        return None
+    return sorted({on[0] for on in fired})
 
 
 def _result(key, metric, seed, b, c, tol, det, machine, model) -> dict:

@@ -144,7 +144,7 @@ def exceedance(baseline: dict, rerun_folder: Path) -> tuple[int, dict]:
     from kdbench.core.metric_names import lower_is_better
     from kdbench.records.store import load_records
     from kdbench.reporting.check import baseline_from_records, compare
-    from kdbench.stats.machine_variation import trimmed_seeds
+    from kdbench.stats.machine_variation import trimmed_count
     from kdbench.suite.configs import CheckConfig
 
     current = baseline_from_records(load_records(rerun_folder)[0], baseline["suite"], baseline["headline_eps"])
@@ -156,7 +156,7 @@ def exceedance(baseline: dict, rerun_folder: Path) -> tuple[int, dict]:
         if measured is None:
             continue
         sd, df = measured
-        k = len(trimmed_seeds(dict.fromkeys(str(r["seed"]).split(","), 0.0)))  # the seeds the check averages
+        k = trimmed_count(len(str(r["seed"]).split(",")))  # the seeds the check averages
         t = (-r["delta"] if lower_is_better(r["metric"]) else r["delta"]) / (sd / math.sqrt(k))
         p = stats.t.cdf(t, df)
         for level in LEVELS:

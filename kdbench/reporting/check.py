@@ -20,8 +20,8 @@ A `[check] tolerance` (or --tolerance) for a metric replaces the computed tolera
 did not in the baseline is a regression too, except across machines when a sanity threshold's flag (not one of
 STRUCTURAL_FLAGS) fires on one seed alone of a row of TRIM_FROM or more seeds: the numbers its threshold sits on
 are what machine variation moves, and one seed is what the trimmed mean leaves out, so it is reported as `moved`
-and does not fail the check; on two seeds, or on the same machine, it is a regression. Usage errors (no baseline, another suite's or an older schema's
-baseline, a row, seed or metric present on one side only) exit 2.
+and does not fail the check; on two seeds, or on the same machine, it is a regression. Usage errors (no baseline,
+another suite's or an older schema's baseline, a row, seed or metric present on one side only) exit 2.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..core.errors import KdbenchError
 from ..core.machine import same_machine
 from ..core.metric_names import LOWER_IS_BETTER, check_norm, lower_is_better, score_unit, shown, try_parse
 from ..records.examples import masks_of
-from ..stats.machine_variation import TRIM_FROM, Variation, detectable, tolerance, trimmed_seeds
+from ..stats.machine_variation import TRIM_FROM, Variation, detectable, tolerance, trimmed_count, trimmed_seeds
 from ..stats.rerun_noise import ALPHA, FLOAT_NOISE, flip_rate, rerun_sd
 from ..suite.configs import CheckConfig
 from .rows import row_label
@@ -100,7 +100,7 @@ def baseline_from_records(records: list[dict], suite: str, headline_eps: float,
         for key, row in rows.items():
             measured = sorted(variation.get(key, {}).items())
             row["variation"] = {m: [round(sd, 7), round(df, 2)] for m, (sd, df) in measured}
-            seeds = len(trimmed_seeds(dict.fromkeys(row["seeds"], 0.0)))  # the seeds a comparison averages
+            seeds = trimmed_count(len(row["seeds"]))  # the seeds a comparison averages
             row["detectable"] = {m: round(detectable(Variation(*row["variation"][m]), seeds, alpha / checks), 5)
                                  for m in next(iter(row["seeds"].values()))["metrics"] if m in row["variation"]}
     return baseline

@@ -29,18 +29,15 @@ def row_config(record: dict) -> str | None:
 
 def current(records: list[dict]) -> tuple[list[dict], list[dict]]:
     """(the records of each row's newest configuration, the superseded ones), each in the order given."""
-    newest: dict[tuple, dict] = {}
-    for r in records:
-        if row_config(r) is None:
-            continue
-        key = group_key(r)
-        if key not in newest or (str(r.get("created", "")), r["job_id"]) > \
-                (str(newest[key].get("created", "")), newest[key]["job_id"]):
-            newest[key] = r
+    configs = [row_config(r) for r in records]
+    newest: dict[tuple, tuple] = {}  # row -> (created, job id, configuration) of its newest record
+    for r, config in zip(records, configs):
+        if config is not None:
+            stamp = (str(r.get("created", "")), r["job_id"], config)
+            newest[group_key(r)] = max(newest.get(group_key(r), stamp), stamp)
     kept, superseded = [], []
-    for r in records:
-        config = row_config(r)
-        same = config is None or config == row_config(newest[group_key(r)])
+    for r, config in zip(records, configs):
+        same = config is None or config == newest[group_key(r)][2]
         (kept if same else superseded).append(r)
     return kept, superseded
 

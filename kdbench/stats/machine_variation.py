@@ -151,6 +151,11 @@ def trimmed_seeds(differences: dict) -> list:
     return order[1:-1] if len(order) >= TRIM_FROM else order
 
 
+def trimmed_count(seeds: int) -> int:
+    """How many of `seeds` seeds a cross-machine comparison averages (`trimmed_seeds`)."""
+    return seeds - 2 if seeds >= TRIM_FROM else seeds
+
+
 def tolerance(v: Variation, seeds: int, level: float) -> float:
     """The largest drop of the mean over `seeds` seeds that machine variation explains at one-sided `level`. For
     a trimmed mean (`trimmed_seeds`) `seeds` is the number it averages: for normal variation the middle 3 of 5
